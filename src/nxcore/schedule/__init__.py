@@ -1,0 +1,5 @@
+"""Scale schedules for next-scale prediction."""
+
+from nxcore.schedule.protocol import ScaleSchedule
+
+__all__ = ["ScaleSchedule"]

@@ -1,0 +1,1 @@
+"""nxrecipes: the full systems (NextFlow, NextStep-1), data, training, evaluation and the CLI."""
