@@ -105,15 +105,15 @@ class ImageSpan:
 
 @attrs.frozen
 class TokenTable:
-    modality: Int[Tensor, "seq"]
-    image_index: Int[Tensor, "seq"]
-    scale_index: Int[Tensor, "seq"]
-    grid_i: Int[Tensor, "seq"]
-    grid_j: Int[Tensor, "seq"]
-    grid_h: Int[Tensor, "seq"]
-    grid_w: Int[Tensor, "seq"]
-    text_index: Int[Tensor, "seq"]
-    position: Int[Tensor, "seq"]
+    modality: Int[Tensor, " seq"]
+    image_index: Int[Tensor, " seq"]
+    scale_index: Int[Tensor, " seq"]
+    grid_i: Int[Tensor, " seq"]
+    grid_j: Int[Tensor, " seq"]
+    grid_h: Int[Tensor, " seq"]
+    grid_w: Int[Tensor, " seq"]
+    text_index: Int[Tensor, " seq"]
+    position: Int[Tensor, " seq"]
 
     def to(self, device: torch.device | str) -> TokenTable:
         return TokenTable(**{f.name: getattr(self, f.name).to(device) for f in attrs.fields(TokenTable)})
@@ -128,16 +128,16 @@ class AttentionBlocks:
     True: text, continuous image tokens). Equivalent to ``kv_end``: query q sees keys [0, kv_end[q]).
     """
 
-    starts: Int[Tensor, "blocks"]
-    ends: Int[Tensor, "blocks"]
-    causal: Bool[Tensor, "blocks"]
+    starts: Int[Tensor, " blocks"]
+    ends: Int[Tensor, " blocks"]
+    causal: Bool[Tensor, " blocks"]
 
     @property
     def num_blocks(self) -> int:
         return int(self.starts.numel())
 
 
-def scale_weights(steps: tuple[tuple[int, int], ...], alpha: float) -> Float[Tensor, "tokens"]:
+def scale_weights(steps: tuple[tuple[int, int], ...], alpha: float) -> Float[Tensor, " tokens"]:
     """Per-token weights k_s = (h_s w_s)^-alpha (NextFlow Eq. 2) over one image's steps.
 
     Normalised so the image's total weight equals its token count: reweighting moves loss between
@@ -192,7 +192,7 @@ class SequenceLayout:
         )
 
     @typecheck
-    def kv_end(self, device: torch.device | str = "cpu") -> Int[Tensor, "seq"]:
+    def kv_end(self, device: torch.device | str = "cpu") -> Int[Tensor, " seq"]:
         """Query q may attend to keys [0, kv_end[q]): O(seq) instead of an L x L mask."""
         starts, ends, causal = _blocks(self)
         parts = []
@@ -210,7 +210,7 @@ class SequenceLayout:
     @typecheck
     def loss_weights(
         self, *, alpha: float = 0.9, text_weight: float = 1.0, device: torch.device | str = "cpu"
-    ) -> Float[Tensor, "seq"]:
+    ) -> Float[Tensor, " seq"]:
         """Weight of the loss on each token as a target.
 
         Text tokens get ``text_weight``; the tokens of a discrete image get the scale weights of

@@ -20,7 +20,9 @@ Dimension legend (the names used in every jaxtyping annotation of the three pack
 Checking: ``typecheck`` wraps a function with jaxtyping + beartype when the environment variable
 ``NX_TYPECHECK`` is ``1``/``true``/``on`` at import time, and returns the function untouched when it is
 unset, ``0``, ``false`` or ``off`` (zero cost). Any other value is an error. The test suite turns it
-on. A checked function runs unchecked while ``torch.compile`` traces it.
+on. A checked function runs unchecked while ``torch.compile`` traces it. When a check fails and the
+function validates its arguments itself, its own (clearer) ``ValueError``/``TypeError`` is raised,
+chained to the shape error.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-from jaxtyping import Bool, Float, Int, Shaped, jaxtyped
+from jaxtyping import Bool, Float, Int, Shaped, TypeCheckError, jaxtyped
 from torch import Tensor
 
 __all__ = [
@@ -52,7 +54,7 @@ __all__ = [
 Scalar = Float[Tensor, ""]
 Logits = Float[Tensor, "*batch vocab"]
 Hidden = Float[Tensor, "tokens dim"]
-TokenIds = Int[Tensor, "*batch"]
+TokenIds = Int[Tensor, " *batch"]
 Images = Float[Tensor, "batch channels height width"]
 
 _F = TypeVar("_F", bound=Callable)
@@ -85,6 +87,23 @@ def typecheck(fn: _F) -> _F:
     def wrapper(*args, **kwargs):
         if torch.compiler.is_compiling():
             return fn(*args, **kwargs)
-        return checked(*args, **kwargs)
+        try:
+            return checked(*args, **kwargs)
+        except TypeCheckError as shape_error:
+            # Prefer the function's own validation message (it names the fix) when it has one.
+            own_error = _own_validation_error(fn, args, kwargs)
+            if own_error is None:
+                raise
+            raise own_error from shape_error
 
     return wrapper  # type: ignore[return-value]
+
+
+def _own_validation_error(fn: Callable, args: tuple, kwargs: dict) -> Exception | None:
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, TypeError) as err:
+        return err
+    except Exception:
+        return None
+    return None

@@ -32,7 +32,7 @@ class VelocityField(Protocol):
     shape: tuple[int, ...]
 
     def __call__(
-        self, x: Float[Tensor, "tokens latent_dim"], t: Float[Tensor, "tokens"]
+        self, x: Float[Tensor, "tokens latent_dim"], t: Float[Tensor, " tokens"]
     ) -> Float[Tensor, "tokens latent_dim"]: ...
 
 
@@ -44,7 +44,7 @@ class OutputHead(Protocol):
         self,
         hidden: Float[Tensor, "tokens dim"],
         targets: Tensor,
-        weights: Float[Tensor, "tokens"] | None = None,
+        weights: Float[Tensor, " tokens"] | None = None,
     ) -> Float[Tensor, ""]: ...
 
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> object: ...
@@ -57,8 +57,8 @@ class DiscreteHead(OutputHead, Protocol):
     def loss(
         self,
         hidden: Float[Tensor, "tokens dim"],
-        targets: Int[Tensor, "tokens"],
-        weights: Float[Tensor, "tokens"] | None = None,
+        targets: Int[Tensor, " tokens"],
+        weights: Float[Tensor, " tokens"] | None = None,
     ) -> Float[Tensor, ""]: ...
 
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> Float[Tensor, "tokens vocab"]: ...
@@ -72,7 +72,7 @@ class ContinuousHead(OutputHead, Protocol):
         self,
         hidden: Float[Tensor, "tokens dim"],
         targets: Float[Tensor, "tokens latent_dim"],
-        weights: Float[Tensor, "tokens"] | None = None,
+        weights: Float[Tensor, " tokens"] | None = None,
     ) -> Float[Tensor, ""]: ...
 
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> VelocityField: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import sys
 from collections.abc import Iterable
 from types import UnionType
 from typing import Any, get_args
@@ -25,8 +26,8 @@ def import_all(packages: Iterable[str] = DEFAULT_PACKAGES) -> None:
             continue
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
-            if info.name.rsplit(".", 1)[-1].startswith("__"):
-                continue
+            if info.name.rsplit(".", 1)[-1].startswith("__") or ".testing" in info.name:
+                continue  # test helpers hold no implementations and may need dev extras
             importlib.import_module(info.name)
         _imported.add(name)
 
@@ -46,8 +47,19 @@ def implementations(protocol: Any, packages: Iterable[str] = DEFAULT_PACKAGES) -
                 continue
             if cls.__module__.split(".")[0] not in packages:
                 continue
-            found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+            cls = _published(cls)
+            if cls is not None:
+                found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return [found[k] for k in sorted(found)]
+
+
+def _published(cls: type) -> type | None:
+    """The class its module actually exports under that name: attrs' slotted classes replace the
+    class object, leaving the discarded original among ``__subclasses__()`` until collected."""
+    obj: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else None
 
 
 def examples_of(cls: type) -> list[Any]:

@@ -13,7 +13,7 @@ import torch
 from hypothesis import strategies as st
 
 from nxcore.layout import ContinuousImage, DiscreteImage, SequenceLayout, TextSpan
-from nxcore.schedule import Schedule, ScaleSchedule
+from nxcore.schedule import ScaleSchedule, Schedule
 
 __all__ = ["grids", "layouts", "named_tensors", "schedules", "token_grids"]
 
