@@ -1,0 +1,126 @@
+"""1D rotary position embedding (RoPE), rotate-half convention, theta configurable.
+
+Shape legend (see ``nxcore.typing``): seq = tokens of the layout, axes = 1, head_dim = width of one
+attention head, pairs = head_dim // 2. The rotation itself is the ``nxkernels.rope`` op.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import attrs
+import torch
+from torch import Tensor
+
+from nxcore.layout import SequenceLayout
+from nxcore.position.protocol import RotaryPositionalEncoder
+from nxcore.typing import Float, typecheck
+from nxkernels.rope import apply_rope, rope_cos_sin
+
+__all__ = ["RoPE1D", "rope_inv_freq", "rotate"]
+
+
+def rope_inv_freq(
+    head_dim: int, theta: float, *, device: torch.device | str = "cpu"
+) -> Float[Tensor, " pairs"]:
+    """Frequencies theta^(-2i / head_dim), i = 0 .. head_dim // 2 - 1 (fp32; computed in fp64)."""
+    _check_head_dim("head_dim", head_dim)
+    _check_theta("theta", theta)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    return (float(theta) ** -exponents).to(device=device, dtype=torch.float32)
+
+
+@typecheck
+def rotate(
+    x: Float[Tensor, "*batch seq head_dim"],
+    positions: Float[Tensor, "seq axes"],
+    *,
+    theta: float,
+    sections: tuple[int, ...] | None = None,
+) -> Float[Tensor, "*batch seq head_dim"]:
+    """Rotate ``x`` to float ``positions``, one section of pairs per axis (used by the encoders)."""
+    if not isinstance(x, Tensor) or not isinstance(positions, Tensor):
+        raise TypeError(
+            f"x and positions must be tensors, got {type(x).__name__} and "
+            f"{type(positions).__name__}"
+        )
+    if positions.device != x.device:
+        raise ValueError(
+            f"positions is on {positions.device} but x is on {x.device}; compute them with "
+            f"encoder.positions(layout, device=x.device)"
+        )
+    inv_freq = rope_inv_freq(x.shape[-1], theta, device=x.device)
+    cos, sin = rope_cos_sin(positions, inv_freq, sections)
+    return apply_rope(x, cos, sin)
+
+
+def _check_head_dim(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2 or value % 2:
+        raise ValueError(
+            f"{name} must be an even int >= 2 (RoPE rotates channel pairs), got {value!r}"
+        )
+
+
+def _check_theta(name: str, value: object) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (e.g. 10000.0), got {value!r}")
+
+
+def _head_dim_validator(instance, attribute, value) -> None:
+    _check_head_dim(f"{type(instance).__name__}.{attribute.name}", value)
+
+
+def _theta_validator(instance, attribute, value) -> None:
+    _check_theta(f"{type(instance).__name__}.{attribute.name}", value)
+
+
+# slots=False: a slotted attrs class is rebuilt, and the discarded original lingers in the
+# protocol's __subclasses__() (which discovery walks) until the garbage collector runs.
+@attrs.frozen(kw_only=True, slots=False)
+class RoPE1D(RotaryPositionalEncoder):
+    """Plain 1D RoPE over the token index: token n of the layout sits at position n.
+
+    ``theta`` 10000 is the original RoPE; Qwen2.5 uses 1e6.
+    """
+
+    head_dim: int = attrs.field(validator=_head_dim_validator)
+    theta: float = attrs.field(default=10000.0, validator=_theta_validator)
+    num_axes: ClassVar[int] = 1
+
+    @classmethod
+    def examples(cls) -> list[RoPE1D]:
+        return [cls(head_dim=8), cls(head_dim=2, theta=100.0), cls(head_dim=16, theta=1e6)]
+
+    @typecheck
+    def positions(
+        self, layout: SequenceLayout, *, device: torch.device | str = "cpu"
+    ) -> Float[Tensor, "seq 1"]:
+        """``layout.tokens().position`` as float32 [seq, 1]."""
+        return layout.tokens(device).position.to(torch.float32)[:, None]
+
+    @typecheck
+    def apply(
+        self, x: Float[Tensor, "*batch seq head_dim"], positions: Float[Tensor, "seq axes"]
+    ) -> Float[Tensor, "*batch seq head_dim"]:
+        _check_width(self, x, positions)
+        return rotate(x, positions, theta=self.theta)
+
+
+def _check_width(encoder: RotaryPositionalEncoder, x: Tensor, positions: Tensor) -> None:
+    name = type(encoder).__name__
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[-1] != encoder.head_dim:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"x must be [*batch, seq, head_dim] with head_dim = {encoder.head_dim} "
+            f"({name}.head_dim), got {shape}; build the encoder with the attention head width"
+        )
+    if not isinstance(positions, Tensor) or positions.ndim != 2:
+        raise ValueError(f"positions must be [seq, axes], got {positions!r:.80}")
+    if positions.shape[1] != encoder.num_axes or positions.shape[0] != x.shape[-2]:
+        raise ValueError(
+            f"positions has shape {tuple(positions.shape)} but x has seq = {x.shape[-2]} and "
+            f"{name} uses {encoder.num_axes} axes, so positions must be "
+            f"[{x.shape[-2]}, {encoder.num_axes}]; compute them with {name}.positions(layout)"
+        )

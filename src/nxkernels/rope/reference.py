@@ -1,0 +1,146 @@
+"""Rotary position embedding (RoPE), the reference: plain torch, fp32 math, the oracle for every
+fused backend.
+
+Shape legend:
+    batch      any leading dimensions (batch, heads, ...), possibly none
+    seq        tokens
+    head_dim   width of one attention head (even)
+    pairs      rotary pairs, head_dim // 2
+    axes       coordinates per position: 1 for 1D RoPE, 3 for multiscale 3D RoPE (M-RoPE)
+
+Convention: rotate-half (GPT-NeoX, Llama, Qwen). Pair p couples channels p and p + pairs and turns
+them by the angle ``position[axis(p)] * inv_freq[p]``:
+
+    out = x * cos + rotate_half(x) * sin,   rotate_half(x) = cat(-x[..., pairs:], x[..., :pairs])
+
+with ``cos = cat(angles, angles).cos()`` (likewise ``sin``), so both halves of the head see the same
+angle. Multi-axis positions split the pairs into contiguous sections, one per axis (Qwen2-VL's
+``mrope_section``): with sections (16, 24, 24), pairs 0..15 follow axis 0, 16..39 axis 1 and 40..63
+axis 2. Positions are floats, so fractional coordinates need no integer lookup table.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = ["apply_rope_reference", "rope_cos_sin", "rotate_half"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half precisions and fp32, fp64 for fp64: never less precise than the input."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_float(name: str, value: object, ndim: int | None = None, min_ndim: int | None = None):
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype, got {value.dtype}; convert it with .float()"
+        )
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}; reshape it first"
+        )
+    if min_ndim is not None and value.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions ([*batch, seq, head_dim]), got shape "
+            f"{tuple(value.shape)}"
+        )
+
+
+def rotate_half(x: Float[Tensor, "*batch head_dim"]) -> Float[Tensor, "*batch head_dim"]:
+    """cat(-x2, x1) where x1, x2 are the first and second halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope_reference(
+    x: Float[Tensor, "*batch seq head_dim"],
+    cos: Float[Tensor, "seq head_dim"],
+    sin: Float[Tensor, "seq head_dim"],
+) -> Float[Tensor, "*batch seq head_dim"]:
+    """Rotate ``x`` (queries or keys): ``x * cos + rotate_half(x) * sin``.
+
+    The math runs in fp32 (fp64 for fp64 input); the result has ``x``'s dtype. ``cos``/``sin`` come
+    from ``rope_cos_sin`` and must be on ``x``'s device.
+    """
+    _check_float("x", x, min_ndim=2)
+    _check_float("cos", cos, ndim=2)
+    _check_float("sin", sin, ndim=2)
+    seq, head_dim = x.shape[-2], x.shape[-1]
+    if head_dim % 2:
+        raise ValueError(
+            f"x has head_dim {head_dim} (last dimension); RoPE rotates pairs, so it must be even"
+        )
+    for name, t in (("cos", cos), ("sin", sin)):
+        if tuple(t.shape) != (seq, head_dim):
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but x [*batch, seq, head_dim] has shape "
+                f"{tuple(x.shape)}, so {name} must be [{seq}, {head_dim}]; build it with "
+                "rope_cos_sin from one position per token of x"
+            )
+        if t.device != x.device:
+            raise ValueError(
+                f"{name} is on {t.device} but x is on {x.device}; move it with .to(x.device)"
+            )
+    compute = _compute_dtype(x.dtype)
+    xf = x.to(compute)
+    out = xf * cos.to(compute) + rotate_half(xf) * sin.to(compute)
+    return out.to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: Float[Tensor, "seq axes"],
+    inv_freq: Float[Tensor, " pairs"],
+    sections: tuple[int, ...] | None = None,
+) -> tuple[Float[Tensor, "seq head_dim"], Float[Tensor, "seq head_dim"]]:
+    """cos and sin [seq, 2 * pairs] for float ``positions`` (fractional values allowed).
+
+    ``sections[a]`` consecutive pairs follow axis a (they must sum to ``pairs``); ``None`` means a
+    single axis that drives every pair (plain 1D RoPE). The angles are computed in fp32 (fp64 for
+    fp64 positions) and returned in that dtype, on ``positions``' device.
+    """
+    _check_float("positions", positions, ndim=2)
+    _check_float("inv_freq", inv_freq, ndim=1)
+    axes, pairs = positions.shape[1], inv_freq.shape[0]
+    if pairs < 1:
+        raise ValueError(
+            "inv_freq is empty; it needs one frequency per rotary pair (head_dim // 2)"
+        )
+    if sections is None:
+        if axes != 1:
+            raise ValueError(
+                f"positions has {axes} axes but sections is None (one axis); pass sections, one "
+                f"count of pairs per axis summing to {pairs}"
+            )
+        sections = (pairs,)
+    sections = tuple(sections)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sections):
+        raise ValueError(f"sections must be ints >= 0 (pairs per axis), got {sections!r}")
+    if len(sections) != axes:
+        raise ValueError(
+            f"sections {sections} has {len(sections)} entries but positions has {axes} axes "
+            f"(shape {tuple(positions.shape)}); give one section per axis"
+        )
+    if sum(sections) != pairs:
+        raise ValueError(
+            f"sections {sections} sum to {sum(sections)} but inv_freq has {pairs} pairs; the "
+            f"sections must sum to head_dim // 2 = {pairs}"
+        )
+    if inv_freq.device != positions.device:
+        raise ValueError(
+            f"inv_freq is on {inv_freq.device} but positions is on {positions.device}; move it "
+            "with .to(positions.device)"
+        )
+    compute = _compute_dtype(positions.dtype)
+    axis_of_pair = torch.repeat_interleave(
+        torch.arange(axes, device=positions.device),
+        torch.tensor(sections, device=positions.device),
+    )
+    per_pair = positions.to(compute)[:, axis_of_pair]  # [seq, pairs]
+    angles = per_pair * inv_freq.to(compute)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
