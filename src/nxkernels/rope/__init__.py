@@ -11,10 +11,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nxkernels.rope.reference import apply_rope_reference, rope_cos_sin, rotate_half
+from nxkernels.typecheck import typecheck
 
 __all__ = ["apply_rope", "apply_rope_reference", "rope_cos_sin", "rotate_half"]
 
 
+@typecheck
 def apply_rope(
     x: Float[Tensor, "*batch seq head_dim"],
     cos: Float[Tensor, "seq head_dim"],

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from nxkernels.typecheck import typecheck
+
 __all__ = ["apply_rope_reference", "rope_cos_sin", "rotate_half"]
 
 
@@ -57,6 +59,7 @@ def rotate_half(x: Float[Tensor, "*batch head_dim"]) -> Float[Tensor, "*batch he
     return torch.cat((-x2, x1), dim=-1)
 
 
+@typecheck
 def apply_rope_reference(
     x: Float[Tensor, "*batch seq head_dim"],
     cos: Float[Tensor, "seq head_dim"],
@@ -92,6 +95,7 @@ def apply_rope_reference(
     return out.to(x.dtype)
 
 
+@typecheck
 def rope_cos_sin(
     positions: Float[Tensor, "seq axes"],
     inv_freq: Float[Tensor, " pairs"],
