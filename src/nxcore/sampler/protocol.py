@@ -34,7 +34,7 @@ class TokenSampler(Protocol):
         step: int = 0,
         num_steps: int = 1,
         generator: torch.Generator | None = None,
-    ) -> Int[Tensor, "*batch"]: ...
+    ) -> Int[Tensor, " *batch"]: ...
 
 
 @runtime_checkable

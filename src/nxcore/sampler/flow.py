@@ -1,0 +1,212 @@
+"""``FlowSampler``: integrate a ``VelocityField`` from noise (t = 0) to data (t = 1), with CFG.
+
+Convention (NextStep-1): ``x_t = t * x1 + (1 - t) * noise``; the field returns ``dx/dt``.
+
+Time grids (``timesteps``), N = ``num_steps``, ``s`` = ``shift``:
+
+- ``"clean"`` (default): ``time_shift(linspace(0, 1, N + 1), s)``; N steps ending exactly at t = 1.
+- ``"nextstep1"``: the official GH-v1 head sampler, reproduced as-is for checkpoint parity:
+  ``time_shift(linspace(0, 1 - 0.04, N), s)``, N - 1 steps between grid points, then one
+  deterministic Euler step of fixed size 0.04 with the velocity at the last grid point. With
+  ``s != 1`` the trajectory therefore ends below t = 1 (``final_time`` says where) - an upstream
+  quirk kept on purpose. (``N = 1`` gives the grid ``[0]`` and ends at t = 0.04, as upstream.)
+
+Steps (``method``):
+
+- ``"ode"``: Euler, ``x += v * dt``.
+- ``"sde"``: Euler-Maruyama on the reverse SDE with diffusion ``g^2 = 2 (1 - t)``:
+  ``score = (t v - x) / (1 - t)`` (from alpha = t, sigma = 1 - t),
+  ``drift = v + (1 - t) score = (1 + t) v - x`` (the simplified form is used: no division),
+  ``x += drift * dt + sqrt(2 (1 - t)) * sqrt(dt) * xi`` with a fresh ``xi`` per step.
+  With ``"clean"`` the final step is deterministic Euler: it lands on t = 1, where the sample
+  must hold no noise, and noise injected there would stay in the output unremoved.
+  With ``"nextstep1"`` the N - 1 grid steps are stochastic and the 0.04 step is Euler (as upstream).
+
+Both grids evaluate each field exactly N times. The random stream is consumed in a fixed order:
+the initial noise ``torch.randn(shape, generator=generator, dtype=float32)`` (drawn on the
+generator's device, then moved to the field's), then one draw of the same shape per stochastic step.
+
+Guidance (on velocities, float32), with ``w = guidance(step, num_steps)`` for the current token:
+no uncond -> ``v_c``; one -> ``v_u + w (v_c - v_u)``; two (editing, ``uncond = (image + negative
+prompt, negative prompt only)``) -> ``v_u2 + image_guidance (v_u1 - v_u2) + w (v_c - v_u1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+import torch
+from torch import Tensor
+
+from nxcore.checks import check_tensor
+from nxcore.config import one_of
+from nxcore.head.protocol import VelocityField
+from nxcore.sampler._checks import check_uncond_sequence, finite_number, integer, is_callable
+from nxcore.sampler.guidance import (
+    ConstantGuidance,
+    LinearDecay,
+    as_guidance,
+    guidance_weight,
+    mix_guidance,
+    mix_image_guidance,
+)
+from nxcore.sampler.protocol import LatentSampler
+from nxcore.typing import Float, typecheck
+
+__all__ = ["NEXTSTEP1_LAST_STEP", "FlowSampler", "time_shift"]
+
+NEXTSTEP1_LAST_STEP = 0.04
+"""Size of the final deterministic Euler step of the official NextStep-1 (GH-v1) sampler."""
+
+
+@typecheck
+def time_shift(t: Float[Tensor, " *shape"], shift: float) -> Float[Tensor, " *shape"]:
+    """``t / (s - (s - 1) t)``, computed as ``t / (t + s (1 - t))`` so 0 -> 0 and 1 -> 1 exactly.
+
+    Strictly increasing on [0, 1] for every ``s > 0``; ``s > 1`` spends more steps near the noise
+    (small t), as SD3 / Flux's ``sigma' = s sigma / (1 + (s - 1) sigma)`` with ``sigma = 1 - t``.
+    """
+    if not isinstance(shift, int | float) or isinstance(shift, bool) or not 0 < shift < float("inf"):
+        raise ValueError(f"shift = {shift!r} must be a finite number > 0; 1 means no shift")
+    if ((t < 0) | (t > 1) | torch.isnan(t)).any():
+        raise ValueError(
+            f"t must lie in [0, 1], got values in [{t.min().item():.4g}, {t.max().item():.4g}]"
+        )
+    return t / (t + shift * (1 - t))
+
+
+def _shifted(points: list[float], shift: float) -> list[float]:
+    grid = torch.tensor(points, dtype=torch.float64)
+    return time_shift(grid, float(shift)).tolist()
+
+
+@attrs.frozen(kw_only=True)
+class FlowSampler(LatentSampler):
+    """Euler ODE / Euler-Maruyama SDE sampler over a ``VelocityField`` (see the module docstring).
+
+    Fields: ``num_steps`` (>= 1), ``shift`` (> 0, 1 = uniform grid), ``method`` ("ode" | "sde"),
+    ``timesteps`` ("clean" | "nextstep1"), ``guidance`` (schedule over tokens, a number, or any
+    callable ``(step, num_steps) -> w``), ``image_guidance`` (the 3-way image weight).
+    """
+
+    num_steps: int = attrs.field(default=20, validator=integer(at_least=1))
+    shift: float = attrs.field(default=1.0, validator=finite_number(above=0))
+    method: str = attrs.field(default="sde", validator=one_of("ode", "sde"))
+    timesteps: str = attrs.field(default="clean", validator=one_of("clean", "nextstep1"))
+    guidance: Callable[[int, int], float] = attrs.field(
+        default=ConstantGuidance(1.0), converter=as_guidance, validator=is_callable
+    )
+    image_guidance: float = attrs.field(default=1.0, validator=finite_number())
+
+    @classmethod
+    def examples(cls) -> list[FlowSampler]:
+        return [
+            cls(num_steps=8, method="ode"),
+            cls(num_steps=10, method="sde", shift=3.0, guidance=ConstantGuidance(4.0)),
+            cls(num_steps=10, timesteps="nextstep1", guidance=LinearDecay(7.5), image_guidance=2.0),
+            cls(num_steps=6, timesteps="nextstep1", shift=3.2, guidance=7.5),
+        ]
+
+    def steps(self) -> list[tuple[float, float, bool]]:
+        """Every step as ``(t, t_next, stochastic)``; the field is evaluated once per step at t."""
+        n, sde = self.num_steps, self.method == "sde"
+        if self.timesteps == "clean":
+            grid = _shifted([i / n for i in range(n + 1)], self.shift)
+            return [(grid[i], grid[i + 1], sde and i < n - 1) for i in range(n)]
+        end = 1.0 - NEXTSTEP1_LAST_STEP
+        grid = _shifted([end * i / (n - 1) if n > 1 else 0.0 for i in range(n)], self.shift)
+        between = [(grid[i], grid[i + 1], sde) for i in range(n - 1)]
+        return [*between, (grid[-1], grid[-1] + NEXTSTEP1_LAST_STEP, False)]
+
+    @property
+    def evaluation_times(self) -> tuple[float, ...]:
+        """The N times at which every field is evaluated, in order."""
+        return tuple(t for t, _, _ in self.steps())
+
+    @property
+    def final_time(self) -> float:
+        """Where the integration ends: 1.0, except for ``"nextstep1"`` with ``shift != 1``."""
+        return self.steps()[-1][1]
+
+    @typecheck
+    def sample(
+        self,
+        cond: VelocityField,
+        uncond: Sequence[VelocityField] = (),
+        *,
+        step: int = 0,
+        num_steps: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Float[Tensor, "tokens latent_dim"]:
+        """Latents of ``cond.shape`` (float32), integrated from seeded noise."""
+        fields = [("cond", cond)]
+        extra = check_uncond_sequence(uncond, most=2, what="velocity fields")
+        fields += [(f"uncond[{i}]", f) for i, f in enumerate(extra)]
+        shape = _check_fields(fields)
+        w = guidance_weight(self.guidance, step, num_steps)
+        device = torch.device(getattr(cond, "device", "cpu"))
+        noise_device = generator.device if generator is not None else device
+
+        def noise() -> Tensor:
+            draw = torch.randn(shape, generator=generator, dtype=torch.float32, device=noise_device)
+            return draw.to(device)
+
+        def velocity(x: Tensor, t: float) -> Tensor:
+            times = torch.full((shape[0],), t, dtype=torch.float32, device=device)
+            v = [_evaluate(name, f, x, times, t) for name, f in fields]
+            if len(v) == 1:
+                return v[0]
+            if len(v) == 2:
+                return mix_guidance(v[0], v[1], w)
+            return mix_image_guidance(v[0], v[1], v[2], w, float(self.image_guidance))
+
+        x = noise()
+        for t, t_next, stochastic in self.steps():
+            dt = t_next - t
+            v = velocity(x, t)
+            if stochastic:
+                drift = (1.0 + t) * v - x
+                x = x + drift * dt + ((2.0 * (1.0 - t) * dt) ** 0.5) * noise()
+            else:
+                x = x + v * dt
+        return x
+
+
+def _check_fields(fields: list[tuple[str, object]]) -> tuple[int, int]:
+    for name, field in fields:
+        if not isinstance(field, VelocityField):
+            raise TypeError(
+                f"{name} must be a VelocityField (a callable (x, t) -> v with a shape attribute), "
+                f"got {type(field).__name__}; wrap a function with CallableField(fn, shape)"
+            )
+    shape = tuple(fields[0][1].shape)  # type: ignore[attr-defined]
+    if len(shape) != 2 or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ValueError(f"cond.shape must be (tokens, latent_dim) with sizes >= 1, got {shape}")
+    for name, field in fields[1:]:
+        other = tuple(field.shape)  # type: ignore[attr-defined]
+        if other != shape:
+            raise ValueError(
+                f"{name}.shape is {other} but cond.shape is {shape}; every guidance branch must "
+                "predict velocities for the same tokens"
+            )
+    return shape  # type: ignore[return-value]
+
+
+def _evaluate(name: str, field: VelocityField, x: Tensor, times: Tensor, t: float) -> Tensor:
+    v = check_tensor(f"velocity of {name}", field(x, times), kind="float")
+    if tuple(v.shape) != tuple(x.shape):
+        raise ValueError(
+            f"velocity of {name} has shape {tuple(v.shape)} at t={t:.4g}, expected "
+            f"{tuple(x.shape)} (the field's shape)"
+        )
+    v = v.float()
+    if torch.isnan(v).any():
+        raise ValueError(
+            f"velocity of {name} contains NaN at t={t:.4g}; check the field (head) output"
+        )
+    if not torch.isfinite(v).all():
+        raise ValueError(
+            f"velocity of {name} contains inf at t={t:.4g}; check the field (head) output"
+        )
+    return v

@@ -1,0 +1,283 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nxcore.sampler import (
+    NEXTSTEP1_LAST_STEP,
+    CallableField,
+    ConstantGuidance,
+    FlowSampler,
+    LatentSampler,
+    LinearDecay,
+    time_shift,
+)
+
+SHAPE = (3, 4)
+shifts = st.floats(0.2, 6.0)
+steps = st.integers(1, 25)
+seeds = st.integers(0, 2**16)
+
+
+def noise(seed, shape=SHAPE):
+    """What every FlowSampler starts from (documented RNG order: the initial noise first)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+class Recorder:
+    """v = (x1 - x) / (1 - t): the exact velocity toward x1. Records every (x, t) it sees."""
+
+    def __init__(self, x1):
+        self.x1, self.calls = x1, []
+
+    def __call__(self, x, t):
+        self.calls.append((x.clone(), t.clone()))
+        return (self.x1 - x) / (1 - t)[:, None]
+
+    def field(self):
+        return CallableField(self, tuple(self.x1.shape))
+
+
+def target(seed):
+    return 2.0 * noise(seed + 1)
+
+
+def constant_field(value):
+    return CallableField(lambda x, t: torch.full_like(x, value), SHAPE)
+
+
+# --- time shift -------------------------------------------------------------------------------
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=10), shifts)
+def test_time_shift_formula(ts, s):
+    t = torch.tensor(ts, dtype=torch.float64)
+    torch.testing.assert_close(time_shift(t, s), t / (s - (s - 1) * t))
+
+
+@given(shifts)
+def test_time_shift_fixes_the_ends_and_is_strictly_increasing(s):
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    out = time_shift(t, s)
+    assert out[0].item() == 0.0 and out[-1].item() == 1.0
+    assert (out.diff() > 0).all()
+    if s > 1:  # more steps near the noise: every interior time is pulled toward 0
+        assert (out[1:-1] < t[1:-1]).all()
+
+
+def test_time_shift_one_is_the_identity():
+    t = torch.rand(50)
+    assert torch.equal(time_shift(t, 1.0), t)
+
+
+# --- integration on the exact field toward one point ------------------------------------------
+
+@given(steps, shifts, seeds)
+def test_euler_ode_is_exact_on_the_linear_field(n, s, seed):
+    x0, x1 = noise(seed), target(seed)
+    rec = Recorder(x1)
+    out = FlowSampler(num_steps=n, shift=s, method="ode").sample(rec.field(), generator=gen(seed))
+    grid = time_shift(torch.arange(n + 1, dtype=torch.float64) / n, s)
+    assert len(rec.calls) == n
+    for k, (x, t) in enumerate(rec.calls):
+        assert torch.allclose(t.double(), grid[k].expand(SHAPE[0]), atol=1e-7)
+        tk = grid[k].item()
+        torch.testing.assert_close(x, tk * x1 + (1 - tk) * x0, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out, x1, atol=2e-5, rtol=1e-5)
+
+
+@given(steps, shifts, seeds)
+def test_clean_sde_ends_at_the_point(n, s, seed):
+    rec = Recorder(target(seed))
+    out = FlowSampler(num_steps=n, shift=s, method="sde").sample(rec.field(), generator=gen(seed))
+    assert len(rec.calls) == n
+    torch.testing.assert_close(out, rec.x1, atol=1e-4, rtol=1e-5)
+
+
+@given(steps, shifts, st.sampled_from(["ode", "sde"]), seeds)
+def test_nextstep1_grid_evaluations(n, s, method, seed):
+    rec = Recorder(target(seed))
+    sampler = FlowSampler(num_steps=n, shift=s, method=method, timesteps="nextstep1")
+    sampler.sample(rec.field(), generator=gen(seed))
+    documented = [0.96 * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+    documented = [t / (s - (s - 1) * t) for t in documented]
+    assert len(rec.calls) == n
+    for (_, t), expected in zip(rec.calls, documented, strict=True):
+        assert t.shape == (SHAPE[0],)
+        assert torch.allclose(t.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
+    assert sampler.final_time == pytest.approx(documented[-1] + NEXTSTEP1_LAST_STEP)
+
+
+@given(st.integers(2, 25), st.sampled_from(["ode", "sde"]), seeds)
+def test_nextstep1_without_shift_ends_at_the_point(n, method, seed):
+    rec = Recorder(target(seed))
+    sampler = FlowSampler(num_steps=n, method=method, timesteps="nextstep1")
+    out = sampler.sample(rec.field(), generator=gen(seed))
+    assert sampler.final_time == pytest.approx(1.0)
+    torch.testing.assert_close(out, rec.x1, atol=1e-4, rtol=1e-5)
+
+
+def test_nextstep1_with_one_step_is_a_single_step_of_size_0_04():
+    # upstream: linspace(0, 0.96, 1) == [0.0], then the fixed last step; reproduced as-is
+    sampler = FlowSampler(num_steps=1, timesteps="nextstep1")
+    assert sampler.evaluation_times == (0.0,) and sampler.final_time == NEXTSTEP1_LAST_STEP
+
+
+@given(steps, st.floats(1.5, 5.0), seeds)
+def test_nextstep1_with_shift_stops_short_of_data(n, s, seed):
+    x0, x1 = noise(seed), target(seed)
+    sampler = FlowSampler(num_steps=n, shift=s, method="ode", timesteps="nextstep1")
+    out = sampler.sample(Recorder(x1).field(), generator=gen(seed))
+    end = sampler.final_time
+    assert end < 1.0
+    torch.testing.assert_close(out, end * x1 + (1 - end) * x0, atol=2e-5, rtol=1e-5)
+
+
+# --- noise, determinism -----------------------------------------------------------------------
+
+@given(seeds, st.sampled_from(FlowSampler.examples()))
+def test_seeded_determinism(seed, sampler):
+    field = Recorder(target(0)).field()
+    first = sampler.sample(field, generator=gen(seed))
+    second = sampler.sample(field, generator=gen(seed))
+    assert torch.equal(first, second)
+    assert first.dtype == torch.float32 and first.shape == SHAPE
+
+
+def test_initial_noise_is_the_documented_draw():
+    out = FlowSampler(num_steps=3, method="ode").sample(constant_field(0.0), generator=gen(5))
+    assert torch.equal(out, noise(5))
+
+
+def test_sde_is_stochastic_and_ode_is_not():
+    field = constant_field(0.0)
+    sde = FlowSampler(num_steps=4, method="sde")
+    assert not torch.equal(sde.sample(field, generator=gen(0)), sde.sample(field, generator=gen(1)))
+    ode = FlowSampler(num_steps=4, method="ode")
+    assert torch.equal(ode.sample(field, generator=gen(0)) - noise(0), torch.zeros(SHAPE))
+
+
+# --- classifier-free guidance on velocities ---------------------------------------------------
+
+@given(st.floats(-3, 3), st.floats(-3, 3), st.floats(0, 8), seeds)
+def test_two_way_cfg_on_constant_fields(c, u, w, seed):
+    sampler = FlowSampler(num_steps=5, method="ode", guidance=w)
+    out = sampler.sample(constant_field(c), [constant_field(u)], generator=gen(seed))
+    expected = noise(seed) + (u + w * (c - u))  # Euler over total time 1 with a constant velocity
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+
+
+@given(st.floats(-3, 3), st.floats(-3, 3), st.floats(-3, 3), st.floats(0, 8), st.floats(0, 4),
+       seeds)
+def test_three_way_cfg_on_constant_fields(c, u1, u2, w, w_img, seed):
+    sampler = FlowSampler(num_steps=4, method="ode", guidance=w, image_guidance=w_img)
+    fields = [constant_field(u1), constant_field(u2)]
+    out = sampler.sample(constant_field(c), fields, generator=gen(seed))
+    expected = noise(seed) + (u2 + w_img * (u1 - u2) + w * (c - u1))
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_guidance_schedule_follows_the_token_index():
+    c, u = 1.0, 0.0
+    sampler = FlowSampler(num_steps=2, method="ode", guidance=LinearDecay(7.5))
+    for step in (0, 3, 9):
+        out = sampler.sample(constant_field(c), [constant_field(u)], step=step, num_steps=10,
+                             generator=gen(0))
+        w = 1 + 6.5 * (10 - step) / 10
+        torch.testing.assert_close(out, noise(0) + w, atol=1e-5, rtol=1e-5)
+
+
+def test_every_field_is_evaluated_num_steps_times():
+    counts = [0, 0, 0]
+
+    def counting(i):
+        def fn(x, t):
+            counts[i] += 1
+            return -x
+        return CallableField(fn, SHAPE)
+
+    FlowSampler(num_steps=7).sample(counting(0), [counting(1), counting(2)], generator=gen(0))
+    assert counts == [7, 7, 7]
+
+
+def test_properties_and_examples():
+    sampler = FlowSampler(num_steps=4, shift=1.0)
+    assert sampler.evaluation_times == pytest.approx((0.0, 0.25, 0.5, 0.75))
+    assert sampler.final_time == 1.0
+    assert FlowSampler().guidance == ConstantGuidance(1.0)
+    for example in FlowSampler.examples():
+        assert isinstance(example, LatentSampler)
+    for field in CallableField.examples():
+        assert field(torch.zeros(field.shape), torch.zeros(field.shape[0])).shape == field.shape
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: FlowSampler(num_steps=0), ValueError,
+         r"FlowSampler.num_steps = 0 is not allowed; expected an int >= 1"),
+        (lambda: FlowSampler(num_steps=2.5), TypeError, r"num_steps = 2.5.*expected an int"),
+        (lambda: FlowSampler(num_steps=True), TypeError, r"num_steps = True"),
+        (lambda: FlowSampler(shift=0.0), ValueError, r"shift = 0.0.*finite number > 0"),
+        (lambda: FlowSampler(shift=float("nan")), ValueError, r"shift = nan"),
+        (lambda: FlowSampler(method="euler"), ValueError,
+         r"method = 'euler' is not allowed; expected one of \['ode', 'sde'\]"),
+        (lambda: FlowSampler(timesteps="hf"), ValueError, r"timesteps = 'hf'.*'nextstep1'"),
+        (lambda: FlowSampler(guidance=None), TypeError, r"guidance = None is not callable"),
+        (lambda: FlowSampler(image_guidance=float("inf")), ValueError, r"image_guidance = inf"),
+        (lambda: time_shift(torch.tensor([0.5]), 0.0), ValueError, r"shift = 0.0 must be"),
+        (lambda: time_shift(torch.tensor([1.5]), 2.0), ValueError, r"t must lie in \[0, 1\]"),
+        (lambda: CallableField(lambda x, t: x, (3,)), ValueError, r"shape must be \(tokens, "),
+        (lambda: CallableField("f", (3, 4)), TypeError, r"fn must be callable"),
+    ],
+)
+def test_bad_configuration(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+GOOD = constant_field(1.0)
+
+
+@pytest.mark.parametrize(
+    "cond, uncond, kwargs, error, match",
+    [
+        (GOOD, [GOOD, GOOD, GOOD], {}, ValueError,
+         r"uncond holds 3 velocity fields, but this sampler supports at most 2"),
+        (GOOD, [CallableField(lambda x, t: x, (3, 5))], {}, ValueError,
+         r"uncond\[0\].shape is \(3, 5\) but cond.shape is \(3, 4\)"),
+        (CallableField(lambda x, t: x * float("nan"), SHAPE), [], {}, ValueError,
+         r"velocity of cond contains NaN at t=0"),
+        (GOOD, [CallableField(lambda x, t: x + float("inf"), SHAPE)], {}, ValueError,
+         r"velocity of uncond\[0\] contains inf"),
+        (lambda x, t: x, [], {}, TypeError, r"cond"),
+        (GOOD, GOOD, {}, TypeError, r"uncond"),
+        (GOOD, [], {"step": 5, "num_steps": 5}, ValueError, r"step = 5 must lie in"),
+        (CallableField(lambda x, t: x[:, :2], SHAPE), [], {}, ValueError,
+         r"fn\(x, t\) returned shape \(3, 2\)"),
+        (CallableField(lambda x, t: x.long(), SHAPE), [], {}, TypeError,
+         r"must have a floating-point dtype"),
+    ],
+)
+def test_bad_inputs(cond, uncond, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        FlowSampler(num_steps=3, guidance=2.0).sample(cond, uncond, generator=gen(0), **kwargs)
+
+
+class BareField:
+    """A structural VelocityField that returns a wrongly shaped velocity (no CallableField checks)."""
+
+    shape = SHAPE
+
+    def __call__(self, x, t):
+        return x[:2]
+
+
+def test_wrongly_shaped_velocity_is_reported():
+    with pytest.raises(ValueError, match=r"velocity of cond has shape \(2, 4\) at t=0, expected"):
+        FlowSampler(num_steps=2).sample(BareField(), generator=gen(0))
