@@ -76,9 +76,7 @@ def _theta_validator(instance, attribute, value) -> None:
     _check_theta(f"{type(instance).__name__}.{attribute.name}", value)
 
 
-# slots=False: a slotted attrs class is rebuilt, and the discarded original lingers in the
-# protocol's __subclasses__() (which discovery walks) until the garbage collector runs.
-@attrs.frozen(kw_only=True, slots=False)
+@attrs.frozen(kw_only=True)
 class RoPE1D(RotaryPositionalEncoder):
     """Plain 1D RoPE over the token index: token n of the layout sits at position n.
 

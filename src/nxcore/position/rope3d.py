@@ -110,7 +110,7 @@ def _offset_mode(instance, attribute, value) -> None:
         )
 
 
-@attrs.frozen(kw_only=True, slots=False)  # slots=False: see the note on RoPE1D
+@attrs.frozen(kw_only=True)
 class MultiscaleRoPE3D(RotaryPositionalEncoder):
     """NextFlow's multiscale 3D RoPE; axes (scale, row, col).
 
