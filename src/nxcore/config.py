@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import types
 import typing
@@ -29,7 +30,16 @@ from typing import Any, Self, TypeVar
 
 import attrs
 
-__all__ = ["Config", "config", "positive", "in_range", "one_of", "non_negative"]
+__all__ = [
+    "Config",
+    "config",
+    "finite_number",
+    "in_range",
+    "integer",
+    "non_negative",
+    "one_of",
+    "positive",
+]
 
 _C = TypeVar("_C", bound=type)
 TYPE_KEY = "type"
@@ -175,18 +185,18 @@ def _validator(check: Callable[[Any], bool], allowed: str):
 
 
 def positive():
-    return _validator(lambda v: isinstance(v, int | float) and v > 0, "a number > 0")
+    return _validator(lambda v: _is_number(v) and v > 0, "a number > 0")
 
 
 def non_negative():
-    return _validator(lambda v: isinstance(v, int | float) and v >= 0, "a number >= 0")
+    return _validator(lambda v: _is_number(v) and v >= 0, "a number >= 0")
 
 
 def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
 
     def check(v: Any) -> bool:
-        if not isinstance(v, int | float):
+        if not _is_number(v):
             return False
         above = v > low if low_open else v >= low
         below = v < high if high_open else v <= high
@@ -197,3 +207,49 @@ def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool
 
 def one_of(*choices: Any):
     return _validator(lambda v: v in choices, f"one of {list(choices)}")
+
+
+def _where(instance: Any, attribute: attrs.Attribute) -> str:
+    return f"{type(instance).__qualname__}.{attribute.name}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def finite_number(*, above: float | None = None, at_most: float | None = None):
+    """attrs validator: a finite real number (not a bool), optionally > ``above``, <= ``at_most``."""
+    parts = ["a finite number"]
+    if above is not None:
+        parts.append(f"> {above}")
+    if at_most is not None:
+        parts.append(f"<= {at_most}")
+    allowed = " ".join(parts)
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        ok = _is_number(value) and math.isfinite(value)
+        ok = ok and (above is None or value > above) and (at_most is None or value <= at_most)
+        if not ok:
+            raise ValueError(
+                f"{_where(instance, attribute)} = {value!r} is not allowed; expected {allowed}"
+            )
+
+    return validate
+
+
+def integer(*, at_least: int):
+    """attrs validator: a Python int (not a bool) >= ``at_least``."""
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"{_where(instance, attribute)} = {value!r} is not allowed; expected an int "
+                f">= {at_least} (got {type(value).__name__})"
+            )
+        if value < at_least:
+            raise ValueError(
+                f"{_where(instance, attribute)} = {value!r} is not allowed; expected an int "
+                f">= {at_least}"
+            )
+
+    return validate

@@ -5,7 +5,6 @@ Every message names the argument, the value received and what to pass instead.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,48 +14,6 @@ from torch import Tensor
 
 def _where(instance: Any, attribute: attrs.Attribute) -> str:
     return f"{type(instance).__qualname__}.{attribute.name}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def finite_number(*, above: float | None = None, at_most: float | None = None):
-    """attrs validator: a finite real number (not a bool), optionally > ``above``, <= ``at_most``."""
-    parts = ["a finite number"]
-    if above is not None:
-        parts.append(f"> {above}")
-    if at_most is not None:
-        parts.append(f"<= {at_most}")
-    allowed = " ".join(parts)
-
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        ok = _is_number(value) and math.isfinite(value)
-        ok = ok and (above is None or value > above) and (at_most is None or value <= at_most)
-        if not ok:
-            raise ValueError(
-                f"{_where(instance, attribute)} = {value!r} is not allowed; expected {allowed}"
-            )
-
-    return validate
-
-
-def integer(*, at_least: int):
-    """attrs validator: a Python int (not a bool) >= ``at_least``."""
-
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(
-                f"{_where(instance, attribute)} = {value!r} is not allowed; expected an int "
-                f">= {at_least} (got {type(value).__name__})"
-            )
-        if value < at_least:
-            raise ValueError(
-                f"{_where(instance, attribute)} = {value!r} is not allowed; expected an int "
-                f">= {at_least}"
-            )
-
-    return validate
 
 
 def is_callable(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

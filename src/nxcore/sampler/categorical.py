@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from nxcore.checks import check_finite, check_same_device, check_tensor
-from nxcore.sampler._checks import check_uncond_sequence, finite_number, integer, is_callable
+from nxcore.config import finite_number, integer
+from nxcore.sampler._checks import check_uncond_sequence, is_callable
 from nxcore.sampler.guidance import (
     ConstantGuidance,
     VARLinearRamp,

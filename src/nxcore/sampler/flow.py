@@ -40,9 +40,9 @@ import torch
 from torch import Tensor
 
 from nxcore.checks import check_tensor
-from nxcore.config import one_of
+from nxcore.config import finite_number, integer, one_of
 from nxcore.head.protocol import VelocityField
-from nxcore.sampler._checks import check_uncond_sequence, finite_number, integer, is_callable
+from nxcore.sampler._checks import check_uncond_sequence, is_callable
 from nxcore.sampler.guidance import (
     ConstantGuidance,
     LinearDecay,

@@ -26,7 +26,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from nxcore.sampler._checks import check_step, finite_number
+from nxcore.config import finite_number
+from nxcore.sampler._checks import check_step
 from nxcore.typing import Float, typecheck
 
 __all__ = [
