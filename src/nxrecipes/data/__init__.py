@@ -1,0 +1,1 @@
+"""Data: the built-in ShapeWorld world, packing and pre-extraction."""

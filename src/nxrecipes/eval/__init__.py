@@ -1,0 +1,1 @@
+"""Evaluation: ShapeEval (GenEval-style scoring on ShapeWorld), reconstruction metrics, FLOPs."""
