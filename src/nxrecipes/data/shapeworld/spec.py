@@ -82,7 +82,9 @@ class EditSpec:
     target: ObjectQuery
     colour: str | None = attrs.field(default=None, validator=_member(COLOURS, "colour", optional=True))
     shape: str | None = attrs.field(default=None, validator=_member(SHAPES, "shape", optional=True))
-    direction: str | None = attrs.field(default=None, validator=_member(DIRECTIONS, "direction", optional=True))
+    direction: str | None = attrs.field(
+        default=None, validator=_member(DIRECTIONS, "direction", optional=True)
+    )
 
 
 @attrs.frozen
