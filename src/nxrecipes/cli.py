@@ -1,56 +1,134 @@
-"""The ``nx`` command.
+"""The ``nx`` command (also ``python -m nxrecipes``).
 
-    nx demo [--out DIR]     render the next-scale demo grid (what ``make demo`` runs)
-    nx components           every protocol and the nx implementations of it
+    nx info                               versions, devices, kernel backends
+    nx components                         every protocol and the nx implementations of it
+    nx data preview [--task t2i ...]      PNG grid of ShapeWorld samples with their captions
+    nx data export --out DIR              images (PNG) + samples.jsonl
+    nx eval --images DIR --prompts JSONL  ShapeEval scores: a table, and JSON with --json
+    nx demo [--out DIR]                   what `make demo` runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
-from nxcore.head import OutputHead
-from nxcore.position.protocol import AdditivePositionalEncoder, RotaryPositionalEncoder
-from nxcore.reward import RewardModel
-from nxcore.sampler.protocol import LatentSampler, TokenSampler
-from nxcore.schedule import ScaleSchedule
-from nxcore.testing.discovery import implementations
-from nxcore.tokenizer.protocol import ContinuousImageTokenizer, DiscreteImageTokenizer, TextTokenizer
-
-PROTOCOLS = (
-    TextTokenizer,
-    DiscreteImageTokenizer,
-    ContinuousImageTokenizer,
-    ScaleSchedule,
-    RotaryPositionalEncoder,
-    AdditivePositionalEncoder,
-    OutputHead,
-    TokenSampler,
-    LatentSampler,
-    RewardModel,
-)
+TASKS_HELP = "ShapeWorld task(s): t2i captioning edit interleaved in_context world_knowledge text_only"
 
 
-def components() -> None:
-    for protocol in PROTOCOLS:
-        found = implementations(protocol)
-        names = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in found) or "(none yet)"
-        print(f"{protocol.__name__:<26} {names}")
+def _data_args(parser: argparse.ArgumentParser, default_n: int) -> None:
+    parser.add_argument("--split", default="train", help="train, validation, test or heldout")
+    parser.add_argument("--task", nargs="+", default=["t2i"], help=TASKS_HELP)
+    parser.add_argument("-n", "--num", type=int, default=default_n, help="number of samples")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (32-256)")
+    parser.add_argument("--seed", type=int, default=0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _dataset(args: argparse.Namespace):
+    from nxrecipes.data.shapeworld import ShapeWorld
+
+    return ShapeWorld(
+        split=args.split, size=args.size, tasks=tuple(args.task), length=args.num, seed=args.seed
+    )
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from nxrecipes.info import format_report, report
+
+    info = report()
+    print(json.dumps(info, indent=2) if args.json else format_report(info))
+
+
+def cmd_components(args: argparse.Namespace) -> None:
+    from nxrecipes.components import format_components
+
+    print(format_components())
+
+
+def cmd_preview(args: argparse.Namespace) -> None:
+    from nxrecipes.data.shapeworld.preview import preview_grid
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preview_grid(_dataset(args), columns=args.columns).save(out)
+    print(f"wrote {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from nxrecipes.data.shapeworld import export
+
+    path = export(_dataset(args), args.out, progress=not args.quiet)
+    print(f"wrote {args.num} samples to {path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nxrecipes.eval.shapeeval.folder import evaluate_folder
+
+    report = evaluate_folder(args.images, args.prompts, progress=not args.quiet)
+    print(report.format_table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        from nxcore.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from nxrecipes.demo import main as demo_main
+
+    demo_main(["--out", args.out])
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nx", description="nx: autoregressive image generation")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="render the next-scale demo grid")
-    demo.add_argument("--out", default="out/demo")
-    commands.add_parser("components", help="list protocols and their implementations")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from nxrecipes.demo import main as demo_main
 
-        demo_main(["--out", args.out])
-    else:
-        components()
+    info = commands.add_parser("info", help="versions, devices, kernel backends")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(run=cmd_info)
+
+    commands.add_parser("components", help="protocols and their implementations").set_defaults(
+        run=cmd_components
+    )
+
+    data_parser = commands.add_parser("data", help="ShapeWorld data")
+    data = data_parser.add_subparsers(dest="data_command", required=True)
+    preview = data.add_parser("preview", help="PNG grid of samples with their captions")
+    _data_args(preview, default_n=16)
+    preview.add_argument("--out", default="out/preview.png")
+    preview.add_argument("--columns", type=int, default=4)
+    preview.set_defaults(run=cmd_preview)
+    export = data.add_parser("export", help="images + samples.jsonl")
+    _data_args(export, default_n=100)
+    export.add_argument("--out", required=True, help="folder to write")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+    export.set_defaults(run=cmd_export)
+
+    evaluate = commands.add_parser("eval", help="score a folder of images against prompts")
+    evaluate.add_argument("--images", required=True, help="folder of images")
+    evaluate.add_argument("--prompts", required=True, help="JSONL: one {prompt[, spec][, image]} per line")
+    evaluate.add_argument("--json", help="also write the report as JSON to this path")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=cmd_eval)
+
+    demo = commands.add_parser("demo", help="what `make demo` runs")
+    demo.add_argument("--out", default="out/demo")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"nx {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

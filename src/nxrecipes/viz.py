@@ -76,3 +76,31 @@ def side_by_side(images: Sequence[Image.Image], height: int = 160, gap: int = 4)
         canvas.paste(s, (x, 0))
         x += s.width + gap
     return canvas
+
+
+def captioned_rows(
+    images: Sequence[Image.Image], captions: Sequence[str], *, height: int = 128, title: str | None = None
+) -> Image.Image:
+    """One image per row, scaled to ``height`` (wide pairs and sequences keep their shape), each
+    with its caption wrapped underneath."""
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need one caption per image and at least one image, got {len(images)}/{len(captions)}")
+    pad, line_h = 6, 14
+    shown = [side_by_side([im], height=height) for im in images]
+    width = max(600, max(s.width for s in shown)) + 2 * pad
+    wrapped = [textwrap.wrap(c, max(20, (width - 2 * pad) // 7))[:3] for c in captions]
+    title_h = 26 if title else 0
+    height_total = title_h + pad + sum(s.height + len(w) * line_h + 2 * pad for s, w in zip(shown, wrapped))
+    canvas = Image.new("RGB", (width, height_total), (255, 255, 255))
+    pen = ImageDraw.Draw(canvas)
+    if title:
+        pen.text((pad, 6), title, fill=(20, 20, 20), font=_font(16))
+    y = title_h + pad
+    for s, lines in zip(shown, wrapped, strict=True):
+        canvas.paste(s, (pad, y))
+        y += s.height + 3
+        for line in lines:
+            pen.text((pad, y), line, fill=(40, 40, 40), font=_font(12))
+            y += line_h
+        y += 2 * pad - 3
+    return canvas

@@ -1,0 +1,5 @@
+import sys
+
+from nxrecipes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+from PIL import Image
+
+from nxrecipes.cli import main
+
+
+def test_info_prints_versions_devices_and_kernels(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["torch"].startswith("2.")
+    assert "cpu" in info["devices"]
+    assert "rope" in info["kernels"]
+    assert info["optional"].keys() == {"triton", "xformers"}
+
+
+def test_components_lists_protocols_and_implementations(capsys):
+    assert main(["components"]) == 0
+    out = capsys.readouterr().out
+    assert "nxcore.schedule.schedule.Schedule" in out and "LinearHead" in out
+
+
+def test_data_preview_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "preview.png"
+    assert main(["data", "preview", "-n", "6", "--task", "t2i", "edit", "--out", str(out)]) == 0
+    image = Image.open(out)
+    assert image.width >= 300 and image.height >= 300
+
+
+def test_data_export_writes_images_and_jsonl(tmp_path):
+    assert main(["data", "export", "-n", "5", "--split", "test", "--out", str(tmp_path), "--quiet"]) == 0
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    first = json.loads(lines[0])
+    assert first["task"] == "t2i" and (tmp_path / first["image"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "preview", "--split", "nope", "-n", "2"], "split"),
+        (["data", "preview", "--task", "dance", "-n", "2"], "unknown task 'dance'"),
+        (["data", "preview", "--size", "8", "-n", "2"], "size"),
+    ],
+)
+def test_bad_arguments_are_reported_not_raised(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert message in capsys.readouterr().err
