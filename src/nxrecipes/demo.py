@@ -1,92 +1,103 @@
-"""``make demo``: what next-scale prediction sees, drawn with the library's own schedules.
+"""``make demo``: the ShapeWorld world, next-scale steps over it, and ShapeEval on ground truth.
 
-Until the ShapeWorld training demo lands, this renders a scene at every step of NextFlow's Table 14
-schedules (256 level, 12 steps) for three aspect ratios, choosing each row's schedule by the
-library's aspect-ratio bucketing, and overlays the multiscale 3D RoPE centres of a coarse step on
-the final grid. Output: ``<out>/next_scale_steps.png``.
+Writes to ``--out`` (default ``out/demo``):
+    shapeworld_t2i.png        text-to-image samples of the test split with their prompts
+    shapeworld_tasks.png      editing, interleaved, in-context, world-knowledge and captioning samples
+    next_scale_steps.png      one image at every step of NextFlow's 1:1 256-level schedule (Table 14),
+                              and the multiscale 3D RoPE centres of a coarse step on the final grid
+    shapeeval_ground_truth.json   ShapeEval of the generator's own images (test and heldout splits),
+                              of its edits and of its captions: the ceiling a trained model aims at
+
+The system issues (NextFlow, NextStep-1) add training and generation to this demo.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from nxcore.checkpoint import atomic_write_text
 from nxcore.layout import DiscreteImage, SequenceLayout
 from nxcore.position import MultiscaleRoPE3D
-from nxcore.schedule import nextflow_schedule_for_size
+from nxcore.schedule import nextflow_schedule
+from nxrecipes.data.shapeworld import ShapeWorld, render, to_float, to_pil
+from nxrecipes.data.shapeworld.preview import preview_grid
+from nxrecipes.data.shapeworld.scenes import random_scene
+from nxrecipes.eval.shapeeval import caption_score, edit_score, evaluate
+from nxrecipes.viz import side_by_side
 
 TILE = 96
-SCENES = ((256, 256), (192, 384), (384, 192))  # (height, width): 1:1, 1:2, 2:1
 
 
-def draw_scene(height: int, width: int, supersample: int = 4) -> torch.Tensor:
-    """A small anti-aliased scene of three shapes, as float [3, height, width] in [0, 1]."""
-    big = Image.new("RGB", (width * supersample, height * supersample), (236, 232, 222))
-    pen = ImageDraw.Draw(big)
-    w, h = big.size
-    pen.ellipse((0.10 * w, 0.15 * h, 0.42 * w, 0.15 * h + 0.32 * w), fill=(214, 48, 49))
-    pen.rectangle((0.55 * w, 0.55 * h, 0.85 * w, 0.85 * h), fill=(9, 132, 227))
-    pen.polygon([(0.62 * w, 0.08 * h), (0.9 * w, 0.45 * h), (0.45 * w, 0.45 * h)], fill=(0, 184, 148))
-    small = big.resize((width, height), Image.Resampling.LANCZOS)
-    pixels = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8)
-    return pixels.reshape(height, width, 3).permute(2, 0, 1).float() / 255
+def next_scale_steps(size: int = 256, seed: int = 3) -> Image.Image:
+    """A ShapeWorld image at every step of the 1:1 256-level schedule, plus RoPE centres."""
+    scene = random_scene(np.random.default_rng(seed), num_objects=3, size=size)
+    image = to_float(render(scene, size))
+    schedule = nextflow_schedule("1:1", level=256)
+    tiles = [to_pil(F.interpolate(image[None], size=hw, mode="area")[0]) for hw in schedule.steps]
+    tiles.append(_rope_centres(to_pil(image), schedule, step=3))
+    return side_by_side(tiles, height=TILE)
 
 
-def to_tile(image: torch.Tensor, height: int) -> Image.Image:
-    width = max(1, round(height * image.shape[2] / image.shape[1]))
-    up = F.interpolate(image[None], size=(height, width), mode="nearest")[0]
-    data = (up.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    return Image.frombytes("RGB", (width, height), data.numpy().tobytes())
-
-
-def rope_overlay(image: torch.Tensor, schedule, step: int, height: int) -> Image.Image:
-    """The final image with the 3D RoPE (row, col) centres of ``step``'s tokens as dots."""
-    tile = to_tile(image, height)
+def _rope_centres(image: Image.Image, schedule, step: int) -> Image.Image:
     rope = MultiscaleRoPE3D(head_dim=16, image_offset="none")
-    layout = SequenceLayout.of(DiscreteImage(schedule))
-    pos = rope.positions(layout)
+    positions = rope.positions(SequenceLayout.of(DiscreteImage(schedule)))
     start, end = schedule.offsets[step], schedule.offsets[step + 1]
-    gh, gw = schedule.grid
-    extent_r = rope.range_factor * gh / (gh * gw) ** 0.5  # coordinate range spanned by the rows
+    tile = image.resize((TILE, TILE), Image.Resampling.LANCZOS)
     pen = ImageDraw.Draw(tile)
-    for _, r, c in pos[start:end].tolist():
-        y, x = r / extent_r * tile.height, c / extent_r * tile.height
+    for _, row, col in positions[start:end].tolist():  # a square grid spans [0, C] on both axes
+        y, x = row / rope.range_factor * TILE, col / rope.range_factor * TILE
         pen.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(20, 20, 20))
     return tile
 
 
+def score_ground_truth(n: int) -> dict[str, object]:
+    """ShapeEval of the generator's own outputs: prompts per split, edits, captions."""
+    result: dict[str, object] = {}
+    for split in ("test", "heldout"):
+        data = ShapeWorld(split=split, tasks=("t2i",), length=n, seed=1)
+        samples = [data[i] for i in range(len(data))]
+        report = evaluate([s.image for s in samples], [s.spec for s in samples])
+        print(f"\nShapeEval of ground-truth images, {split} split")
+        print(report.format_table())
+        result[split] = report.to_dict()
+    edits = ShapeWorld(split="test", tasks=("edit",), length=n // 2, seed=1)
+    edit_ok = [edit_score(e.source_image, e.target_image, e.edit).ok for e in edits]
+    captions = ShapeWorld(split="test", tasks=("captioning",), length=n // 2, seed=1)
+    caption_ok = [caption_score(c.caption, c.image).exact for c in captions]
+    result["edit_accuracy"] = sum(edit_ok) / len(edit_ok)
+    result["caption_exact"] = sum(caption_ok) / len(caption_ok)
+    print(f"\nedits scored correct: {result['edit_accuracy']:.3f} of {len(edit_ok)}; "
+          f"captions exact: {result['caption_exact']:.3f} of {len(caption_ok)}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="nx demo: ShapeWorld, next-scale steps, ShapeEval")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("-n", "--num", type=int, default=120, help="prompts scored per split")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = []
-    for height, width in SCENES:
-        scene = draw_scene(height, width)
-        schedule = nextflow_schedule_for_size(height, width, level=256)
-        tiles = [to_tile(F.interpolate(scene[None], size=hw, mode="area")[0], TILE) for hw in schedule.steps]
-        tiles.append(rope_overlay(scene, schedule, step=3, height=TILE))
-        rows.append(tiles)
-        steps = " ".join(f"{h}x{w}" for h, w in schedule.steps)
-        print(f"{height}x{width}: {schedule.num_steps} steps, {schedule.total_tokens} tokens: {steps}")
-    gap = 4
-    canvas_w = max(sum(t.width + gap for t in row) for row in rows) + gap
-    canvas = Image.new("RGB", (canvas_w, len(rows) * (TILE + gap) + gap), (255, 255, 255))
-    for r, row in enumerate(rows):
-        x = gap
-        for tile in row:
-            canvas.paste(tile, (x, gap + r * (TILE + gap)))
-            x += tile.width + gap
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "next_scale_steps.png"
-    canvas.save(path)
-    print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
-    return path
+
+    t2i = ShapeWorld(split="test", tasks=("t2i",), length=16, seed=0)
+    preview_grid(t2i, title="ShapeWorld text-to-image (test split)").save(args.out / "shapeworld_t2i.png")
+    tasks = ShapeWorld(split="test", length=6, seed=0,
+                       tasks=("edit", "interleaved", "in_context", "world_knowledge", "captioning"))
+    preview_grid(tasks, title="ShapeWorld tasks").save(args.out / "shapeworld_tasks.png")
+    next_scale_steps().save(args.out / "next_scale_steps.png")
+
+    scores = score_ground_truth(args.num)
+    atomic_write_text(args.out / "shapeeval_ground_truth.json", json.dumps(scores, indent=2) + "\n")
+    print(f"\nwrote {args.out}/{{shapeworld_t2i,shapeworld_tasks,next_scale_steps}}.png and "
+          f"shapeeval_ground_truth.json in {time.perf_counter() - started:.1f} s")
+    return args.out
 
 
 if __name__ == "__main__":

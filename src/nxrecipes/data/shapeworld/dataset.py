@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from nxcore.checkpoint import atomic_write_text
+from nxrecipes.data.shapeworld.captions import parse_prompt
 from nxrecipes.data.shapeworld.render import to_pil
 from nxrecipes.data.shapeworld.scenes import check_scene_size
 from nxrecipes.data.shapeworld.spec import ObjectQuery, Spec
@@ -273,8 +274,9 @@ class PromptSpec:
 
 
 def load_jsonl_specs(path: str | os.PathLike) -> list[PromptSpec]:
-    """The prompts and specs of an exported ``samples.jsonl`` (or of the folder holding it); samples
-    without a prompt and a spec (captioning, text-only) are skipped."""
+    """The text-to-image prompts of a ``samples.jsonl`` (or of the folder holding it): exported by
+    ``export``, or written by hand as ``{"prompt": ...}`` lines (the spec is then parsed from the
+    prompt). Other tasks' samples are skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / SAMPLES_FILE
@@ -292,10 +294,11 @@ def load_jsonl_specs(path: str | os.PathLike) -> list[PromptSpec]:
             raise ValueError(f"{path}:{number} is not valid JSON ({e}); re-export the file") from e
         if not isinstance(line, dict):
             raise ValueError(f"{path}:{number} is not a JSON object; re-export the file")
-        if "prompt" in line and "spec" in line:
+        if isinstance(line.get("prompt"), str) and line.get("task", "t2i") == "t2i":
             index = line.get("index", len(out))
             image = line.get("image") if isinstance(line.get("image"), str) else None
-            out.append(PromptSpec(index, line["prompt"], spec_from_dict(line["spec"]), image))
+            spec = spec_from_dict(line["spec"]) if "spec" in line else parse_prompt(line["prompt"])
+            out.append(PromptSpec(index, line["prompt"], spec, image))
     return out
 
 
