@@ -15,4 +15,4 @@ def test_readme_examples_run(capsys):
     for block in BLOCKS:
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out.split()
-    assert len(out) == 2 and all(float(x) > 0 for x in out)
+    assert len(out) == 2 and all(float(x) > 0 for x in out)  # the head-swap example's two losses
