@@ -84,13 +84,16 @@ def captioned_rows(
     """One image per row, scaled to ``height`` (wide pairs and sequences keep their shape), each
     with its caption wrapped underneath."""
     if len(images) != len(captions) or not images:
-        raise ValueError(f"need one caption per image and at least one image, got {len(images)}/{len(captions)}")
+        raise ValueError(
+            f"need at least one image and one caption per image, got {len(images)} and {len(captions)}"
+        )
     pad, line_h = 6, 14
     shown = [side_by_side([im], height=height) for im in images]
     width = max(600, max(s.width for s in shown)) + 2 * pad
     wrapped = [textwrap.wrap(c, max(20, (width - 2 * pad) // 7))[:3] for c in captions]
     title_h = 26 if title else 0
-    height_total = title_h + pad + sum(s.height + len(w) * line_h + 2 * pad for s, w in zip(shown, wrapped))
+    rows = zip(shown, wrapped, strict=True)
+    height_total = title_h + pad + sum(s.height + len(w) * line_h + 2 * pad for s, w in rows)
     canvas = Image.new("RGB", (width, height_total), (255, 255, 255))
     pen = ImageDraw.Draw(canvas)
     if title:

@@ -47,3 +47,18 @@ def test_data_export_writes_images_and_jsonl(tmp_path):
 def test_bad_arguments_are_reported_not_raised(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_scores_an_exported_folder(tmp_path, capsys):
+    assert main(["data", "export", "-n", "12", "--split", "test", "--out", str(tmp_path), "--quiet"]) == 0
+    report = tmp_path / "report.json"
+    argv = ["eval", "--images", str(tmp_path), "--prompts", str(tmp_path / "samples.jsonl"), "--quiet"]
+    assert main([*argv, "--json", str(report)]) == 0
+    assert "overall" in capsys.readouterr().out
+    assert json.loads(report.read_text())["overall"] == 1.0
+
+
+def test_eval_names_missing_images(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle"}\n')
+    assert main(["eval", "--images", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl")]) == 2
+    assert "000000.png" in capsys.readouterr().err

@@ -274,9 +274,10 @@ class PromptSpec:
 
 
 def load_jsonl_specs(path: str | os.PathLike) -> list[PromptSpec]:
-    """The text-to-image prompts of a ``samples.jsonl`` (or of the folder holding it): exported by
-    ``export``, or written by hand as ``{"prompt": ...}`` lines (the spec is then parsed from the
-    prompt). Other tasks' samples are skipped."""
+    """The prompts to score in a ``samples.jsonl`` (or in the folder holding it): every line with a
+    prompt and a spec (as ``export`` writes for text-to-image and world-knowledge samples), and
+    hand-written ``{"prompt": ...}`` lines, whose spec is parsed from the prompt. Other samples are
+    skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / SAMPLES_FILE
@@ -294,10 +295,11 @@ def load_jsonl_specs(path: str | os.PathLike) -> list[PromptSpec]:
             raise ValueError(f"{path}:{number} is not valid JSON ({e}); re-export the file") from e
         if not isinstance(line, dict):
             raise ValueError(f"{path}:{number} is not a JSON object; re-export the file")
-        if isinstance(line.get("prompt"), str) and line.get("task", "t2i") == "t2i":
+        has_spec = "spec" in line
+        if isinstance(line.get("prompt"), str) and (has_spec or line.get("task", "t2i") == "t2i"):
             index = line.get("index", len(out))
             image = line.get("image") if isinstance(line.get("image"), str) else None
-            spec = spec_from_dict(line["spec"]) if "spec" in line else parse_prompt(line["prompt"])
+            spec = spec_from_dict(line["spec"]) if has_spec else parse_prompt(line["prompt"])
             out.append(PromptSpec(index, line["prompt"], spec, image))
     return out
 

@@ -137,3 +137,11 @@ def test_corrupt_jsonl_names_the_line(tmp_path):
     (tmp_path / SAMPLES_FILE).write_text('{"index": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"samples\.jsonl:2 is not valid JSON"):
         load_jsonl_specs(tmp_path)
+
+
+def test_hand_written_prompt_lines_are_parsed(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "a red circle", "image": "a.png"}\n{"task": "captioning", "caption": "x"}\n')
+    (entry,) = load_jsonl_specs(path)
+    assert entry.prompt == "a red circle" and entry.image == "a.png"
+    assert entry.spec.category == "colors" and entry.spec.objects[0].colour == "red"
