@@ -24,13 +24,15 @@ def _data_args(parser: argparse.ArgumentParser, default_n: int) -> None:
     parser.add_argument("-n", "--num", type=int, default=default_n, help="number of samples")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (32-256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vary-background", action="store_true", help="mild background variation")
 
 
 def _dataset(args: argparse.Namespace):
     from nxrecipes.data.shapeworld import ShapeWorld
 
     return ShapeWorld(
-        split=args.split, size=args.size, tasks=tuple(args.task), length=args.num, seed=args.seed
+        split=args.split, size=args.size, tasks=tuple(args.task), length=args.num, seed=args.seed,
+        vary_background=args.vary_background,
     )
 
 

@@ -80,6 +80,7 @@ class SampleSource:
     tasks: tuple[str, ...] = attrs.field(converter=_check_tasks)
     seed: int = attrs.field(converter=lambda v: _non_negative_int("seed", v))
     task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_weights_tuple)
+    vary_background: bool = False
     _p: tuple[float, ...] = attrs.field(init=False)
 
     @_p.default
@@ -94,7 +95,8 @@ class SampleSource:
 
     def sample(self, index: int) -> Any:
         rng = split_rng(self.split, index, self.seed)
-        return make_sample(self._draw_task(rng), rng, self.size, self.split)
+        return make_sample(self._draw_task(rng), rng, self.size, self.split,
+                           vary_background=self.vary_background)
 
 
 class ShapeWorld(Dataset):
@@ -104,8 +106,10 @@ class ShapeWorld(Dataset):
     your own that tokenises them."""
 
     def __init__(self, split: str = "train", size: int = 64, tasks: Sequence[str] = ("t2i",),
-                 length: int = 1000, seed: int = 0, task_weights: Sequence[float] | None = None):
-        self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights)
+                 length: int = 1000, seed: int = 0, task_weights: Sequence[float] | None = None,
+                 vary_background: bool = False):
+        self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights,
+                                   vary_background=vary_background)
         self.length = _non_negative_int("length", length)
 
     def __len__(self) -> int:
@@ -139,8 +143,9 @@ class ShapeWorldStream(IterableDataset):
 
     def __init__(self, split: str = "train", size: int = 64, tasks: Sequence[str] = ("t2i",),
                  length: int | None = None, seed: int = 0, task_weights: Sequence[float] | None = None,
-                 *, rank: int | None = None, world_size: int | None = None):
-        self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights)
+                 *, rank: int | None = None, world_size: int | None = None, vary_background: bool = False):
+        self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights,
+                                   vary_background=vary_background)
         self.length = None if length is None else _non_negative_int("length", length)
         if (rank is None) != (world_size is None):
             raise ValueError(

@@ -547,7 +547,8 @@ class EditSample:
     target_scene: Scene
 
 
-def make_edit(rng: np.random.Generator, size: int = 64, split: str = "train") -> EditSample:
+def make_edit(rng: np.random.Generator, size: int = 64, split: str = "train", *,
+               vary_background: bool = False) -> EditSample:
     """An editing pair: a random scene, a random edit of it, its instruction and the edited scene.
 
     Train/validation/test scenes (source and target) hold no held-out pair or relation; in the
@@ -555,7 +556,7 @@ def make_edit(rng: np.random.Generator, size: int = 64, split: str = "train") ->
     """
     check_rng(rng)
     check_image_size(size)
-    constraints = split_constraints(split)
+    constraints = split_constraints(split, vary_background=vary_background)
     for _ in range(MAX_TRIES):
         source = random_scene(rng, size=size, constraints=constraints)
         try:

@@ -125,10 +125,12 @@ class Combos:
 
 @attrs.frozen(kw_only=True)
 class Constraints:
-    """What scenes and prompts of a split must avoid (``forbid``) and hold one of (``require``)."""
+    """What scenes and prompts of a split must avoid (``forbid``) and hold one of (``require``),
+    and whether their backgrounds vary (``vary_background``: jittered colour, mild gradient)."""
 
     forbid: Combos = Combos()
     require: Combos = Combos()
+    vary_background: bool = False
 
     def allows(self, scene: Scene) -> bool:
         if self.forbid.in_scene(scene, margin=0.0):
@@ -302,7 +304,8 @@ def random_scene(rng: np.random.Generator, *, num_objects: int | None = None, si
         slots += [_random_slot(rng, constraints) for _ in range(n - len(slots))]
         return slots, link
 
-    return _build(rng, plan, constraints.allows, vary_background, f"{n} random objects")
+    vary = vary_background or constraints.vary_background
+    return _build(rng, plan, constraints.allows, vary, f"{n} random objects")
 
 
 def _check_spec(spec: object, constraints: Constraints) -> Spec:
@@ -384,7 +387,8 @@ def scene_for_spec(spec: Spec, rng: np.random.Generator, *, size: int = 64,
     def accept(scene: Scene) -> bool:
         return satisfies(scene, spec) and constraints.allows(scene)
 
-    return _build(rng, plan, accept, vary_background, f"a scene for {spec}")
+    vary = vary_background or constraints.vary_background
+    return _build(rng, plan, accept, vary, f"a scene for {spec}")
 
 
 # --- random specs -----------------------------------------------------------------------------

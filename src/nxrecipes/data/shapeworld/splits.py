@@ -27,11 +27,11 @@ def check_split(split: object) -> str:
     return split
 
 
-def split_constraints(split: str) -> Constraints:
+def split_constraints(split: str, *, vary_background: bool = False) -> Constraints:
     """What the generators of ``split`` must avoid (train/validation/test) or include (heldout)."""
     if check_split(split) == "heldout":
-        return Constraints(require=HELDOUT)
-    return Constraints(forbid=HELDOUT)
+        return Constraints(require=HELDOUT, vary_background=vary_background)
+    return Constraints(forbid=HELDOUT, vary_background=vary_background)
 
 
 def split_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:

@@ -82,20 +82,24 @@ class TextOnly:
     scene: Scene | None = None
 
 
-def make_text_to_image(rng: np.random.Generator, size: int = 64, split: str = "train") -> TextToImage:
-    c = split_constraints(split)
+def make_text_to_image(rng: np.random.Generator, size: int = 64, split: str = "train", *,
+               vary_background: bool = False) -> TextToImage:
+    c = split_constraints(split, vary_background=vary_background)
     spec = random_spec(rng, constraints=c)
     scene = scene_for_spec(spec, rng, size=size, constraints=c)
     return TextToImage(prompt=prompt_for_spec(spec, rng), spec=spec, scene=scene, image=render(scene, size))
 
 
-def make_captioning(rng: np.random.Generator, size: int = 64, split: str = "train") -> Captioning:
-    scene = random_scene(rng, size=size, constraints=split_constraints(split))
+def make_captioning(rng: np.random.Generator, size: int = 64, split: str = "train", *,
+               vary_background: bool = False) -> Captioning:
+    constraints = split_constraints(split, vary_background=vary_background)
+    scene = random_scene(rng, size=size, constraints=constraints)
     return Captioning(image=render(scene, size), caption=canonical_caption(scene), scene=scene)
 
 
-def make_world_knowledge(rng: np.random.Generator, size: int = 64, split: str = "train") -> WorldKnowledge:
-    c = split_constraints(split)
+def make_world_knowledge(rng: np.random.Generator, size: int = 64, split: str = "train", *,
+               vary_background: bool = False) -> WorldKnowledge:
+    c = split_constraints(split, vary_background=vary_background)
     prompt, reasoning, spec = riddle(rng, constraints=c)
     scene = scene_for_spec(spec, rng, size=size, constraints=c)
     resolved = prompt_for_spec(spec, rng, template=1)  # the plain "a green circle"
@@ -129,15 +133,16 @@ def describe_scene(scene: Scene, rng: np.random.Generator, constraints: Constrai
     return text
 
 
-def make_text_only(rng: np.random.Generator, size: int = 64, split: str = "train") -> TextOnly:
-    c = split_constraints(split)
+def make_text_only(rng: np.random.Generator, size: int = 64, split: str = "train", *,
+               vary_background: bool = False) -> TextOnly:
+    c = split_constraints(split, vary_background=vary_background)
     if not c.require and rng.integers(2):
         return TextOnly(text=random_fact(rng))
     scene = random_scene(rng, size=size, constraints=c)
     return TextOnly(text=describe_scene(scene, rng, c), scene=scene)
 
 
-Maker = Callable[[np.random.Generator, int, str], Any]
+Maker = Callable[..., Any]  # (rng, size, split, *, vary_background=False) -> record
 TASK_MAKERS: dict[str, Maker] = {
     "t2i": make_text_to_image,
     "captioning": make_captioning,
@@ -160,13 +165,14 @@ def maker_for(task: str) -> Maker:
     return TASK_MAKERS[task]
 
 
-def make_sample(task: str, rng: np.random.Generator, size: int = 64, split: str = "train") -> Any:
+def make_sample(task: str, rng: np.random.Generator, size: int = 64, split: str = "train", *,
+                vary_background: bool = False) -> Any:
     """One sample of ``task`` for ``split``, drawn from ``rng``, its images ``size`` px square."""
     maker = maker_for(task)
     check_rng(rng)
     check_split(split)
     check_scene_size(size, MAX_OBJECTS)
-    return maker(rng, size, split)
+    return maker(rng, size, split, vary_background=vary_background)
 
 
 def task_of(record: object) -> str:

@@ -18,6 +18,7 @@ from nxrecipes.data.shapeworld.dataset import (
     spec_from_dict,
 )
 from nxrecipes.data.shapeworld.tasks import Captioning, TextToImage, WorldKnowledge
+from nxrecipes.data.shapeworld.world import BACKGROUND, Scene
 
 OWN = ("t2i", "captioning", "world_knowledge", "text_only")
 
@@ -145,3 +146,25 @@ def test_hand_written_prompt_lines_are_parsed(tmp_path):
     (entry,) = load_jsonl_specs(path)
     assert entry.prompt == "a red circle" and entry.image == "a.png"
     assert entry.spec.category == "colors" and entry.spec.objects[0].colour == "red"
+
+
+@pytest.mark.parametrize("task", ["t2i", "captioning", "edit", "interleaved", "in_context", "world_knowledge"])
+def test_background_variation_is_optional_and_reaches_every_image_task(task):
+    plain = ShapeWorld(split="test", tasks=(task,), length=4, seed=3)
+    varied = ShapeWorld(split="test", tasks=(task,), length=4, seed=3, vary_background=True)
+    plain_scenes = [s for i in range(4) for s in _scenes_of(plain[i])]
+    varied_scenes = [s for i in range(4) for s in _scenes_of(varied[i])]
+    assert plain_scenes and varied_scenes
+    assert all(s.gradient == (0.0, 0.0) and s.background == BACKGROUND for s in plain_scenes)
+    assert any(s.gradient != (0.0, 0.0) or s.background != BACKGROUND for s in varied_scenes)
+
+
+def _scenes_of(record):
+    found = []
+    for value in attrs.asdict(record, recurse=False).values():
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            for sub in (item if isinstance(item, tuple) else (item,)):
+                if isinstance(sub, Scene):
+                    found.append(sub)
+    return found

@@ -99,7 +99,7 @@ def test_other_tasks_load_lazily_and_new_ones_register(monkeypatch):
     assert {"t2i", "captioning", "world_knowledge", "text_only", "edit", "interleaved", "in_context"} <= set(
         task_names()
     )
-    monkeypatch.setitem(TASK_MAKERS, "echo", lambda r, size, split: TextOnly(text=f"{size} {split}"))
+    monkeypatch.setitem(TASK_MAKERS, "echo", lambda r, size, split, **_: TextOnly(text=f"{size} {split}"))
     assert make_sample("echo", rng(0), 48, "test") == TextOnly(text="48 test")
 
 
