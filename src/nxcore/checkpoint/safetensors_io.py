@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from nxcore.checkpoint.atomic import as_path, atomic_directory, atomic_path
@@ -235,4 +235,8 @@ def write_sharded(
 
 
 def _write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    save_file(tensors, str(path), metadata=metadata)
+    # Serialise in memory and write the bytes ourselves: safetensors' save_file stages its own
+    # temporary file beside ``path``, which a killed process would leave behind unswept.
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as f:
+        f.write(data)

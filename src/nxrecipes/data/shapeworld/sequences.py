@@ -22,12 +22,12 @@ from PIL import Image
 from nxrecipes.data.shapeworld.edits import (
     GRID,
     MOVE_MIN,
-    Phrasebook,
     apply_edit,
     clear_of,
     free_spots,
     random_edit,
 )
+from nxrecipes.data.shapeworld.instructions import Phrasebook
 from nxrecipes.data.shapeworld.render import render
 from nxrecipes.data.shapeworld.scenes import MAX_TRIES, Constraints, check_rng, random_scene
 from nxrecipes.data.shapeworld.spec import DIRECTIONS, EDIT_OPS, EditSpec, ObjectQuery

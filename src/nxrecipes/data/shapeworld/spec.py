@@ -52,6 +52,10 @@ class ObjectQuery:
     def matches(self, shape: str, colour: str) -> bool:
         return shape == self.shape and (self.colour is None or colour == self.colour)
 
+    def describe(self) -> str:
+        """"red circle", or "circle" when any colour matches."""
+        return f"{self.colour} {self.shape}" if self.colour else self.shape
+
 
 @attrs.frozen
 class Spec:
@@ -85,6 +89,33 @@ class EditSpec:
     direction: str | None = attrs.field(
         default=None, validator=_member(DIRECTIONS, "direction", optional=True)
     )
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.target, ObjectQuery):
+            raise TypeError(f"EditSpec.target must be an ObjectQuery, got {type(self.target).__name__}")
+        used = _EDIT_FIELDS[self.op]
+        for name in ("colour", "shape", "direction"):
+            value = getattr(self, name)
+            if value is not None and name not in used:
+                raise ValueError(f"a {self.op} edit does not use {name} = {value!r}; leave it None")
+        needed = {"recolour": "colour", "move": "direction", "replace": "shape"}.get(self.op)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"a {self.op} edit needs {needed}; got None")
+        if self.op == "add" and self.target.colour is None:
+            raise ValueError(
+                f"an add edit needs target.colour (the new {self.target.shape}'s colour); got None"
+            )
+        if self.target.count != 1:
+            raise ValueError(f"an edit targets one object; got target.count = {self.target.count}")
+
+
+_EDIT_FIELDS = {
+    "recolour": {"colour"},
+    "add": {"direction"},
+    "remove": set(),
+    "move": {"direction"},
+    "replace": {"colour", "shape"},
+}
 
 
 @attrs.frozen

@@ -85,13 +85,14 @@ def test_both_kinds_are_drawn():
        st.sampled_from(sorted(COLOURS)), st.sampled_from(DIRECTIONS), st.none() | st.sampled_from(sorted(SIZES)))
 def test_every_narration_parses_back(op, shape, colour, other, direction, size):
     target = ObjectQuery(shape, colour)
-    edit = {
-        "recolour": EditSpec(op, target, colour=other),
-        "add": EditSpec(op, target, direction=direction),
-        "remove": EditSpec(op, target),
-        "move": EditSpec(op, target, direction=direction),
-        "replace": EditSpec(op, target, shape=shape, colour=other),
+    fields = {
+        "recolour": {"colour": other},
+        "add": {"direction": direction},
+        "remove": {},
+        "move": {"direction": direction},
+        "replace": {"shape": shape, "colour": other},
     }[op]
+    edit = EditSpec(op, target, **fields)
     books = [NARRATIONS, MOTION_STEPS] if op == "move" else [NARRATIONS]
     for book in books:
         for text in book.phrasings(edit, size=size):
