@@ -102,7 +102,7 @@ def place_of(obj: ShapeObject) -> str:
     return f"on the {col}" if col else "in the middle"
 
 
-def describe_scene(scene: Scene, rng: np.random.Generator) -> str:
+def opening_sentence(scene: Scene, rng: np.random.Generator) -> str:
     """An opening sentence naming every object, its size and where it sits ("A small red circle sits
     on the left.")."""
     names = [f"{'an' if o.size[0] in 'aeiou' else 'a'} {o.size} {o.colour} {o.shape}" for o in scene.objects]
@@ -156,7 +156,7 @@ def make_interleaved(rng: np.random.Generator, size: int = 64, split: str = "tra
 
 def _story(rng: np.random.Generator, size: int, constraints: Constraints):
     scene = random_scene(rng, num_objects=int(rng.integers(1, 4)), size=size, constraints=constraints)
-    scenes, edits, texts = [scene], [], [describe_scene(scene, rng)]
+    scenes, edits, texts = [scene], [], [opening_sentence(scene, rng)]
     for _ in range(int(rng.integers(2, 5))):
         try:
             edit = random_edit(scene, rng, constraints=constraints)
@@ -210,7 +210,7 @@ def _motion(rng: np.random.Generator, size: int, constraints: Constraints):
     if any(constraints.forbid.in_scene(s, margin=0.0) for s in scenes):
         return None
     edit = EditSpec("move", ObjectQuery(obj.shape, obj.colour), direction=direction)
-    texts = [describe_scene(scene, rng)]
+    texts = [opening_sentence(scene, rng)]
     texts += [sentence(MOTION_STEPS.phrase(edit, rng)) for _ in range(frames - 1)]
     return scenes, [edit] * (frames - 1), texts, STEP_MIN
 
@@ -325,7 +325,7 @@ __all__ = [
     "NARRATIONS",
     "InContext",
     "Interleaved",
-    "describe_scene",
+    "opening_sentence",
     "make_in_context",
     "make_interleaved",
     "parse_narration",

@@ -12,9 +12,9 @@ from nxrecipes.data.shapeworld.render import render
 from nxrecipes.data.shapeworld.sequences import (
     MOTION_STEPS,
     NARRATIONS,
-    describe_scene,
     make_in_context,
     make_interleaved,
+    opening_sentence,
     parse_narration,
     place_of,
 )
@@ -101,9 +101,9 @@ def test_every_narration_parses_back(op, shape, colour, other, direction, size):
 
 def test_scene_description_names_every_object_and_place():
     scene = Scene([ShapeObject("circle", "red", "small", 0.2, 0.5), ShapeObject("square", "blue", "large", 0.8, 0.2)])
-    text = describe_scene(scene, rng())
+    text = opening_sentence(scene, rng())
     assert "a small red circle on the left" in text and "a large blue square at the top right" in text
-    one = describe_scene(Scene([ShapeObject("star", "orange", "large", 0.5, 0.5)]), rng())
+    one = opening_sentence(Scene([ShapeObject("star", "orange", "large", 0.5, 0.5)]), rng())
     assert one == "A large orange star sits in the middle."
 
 
