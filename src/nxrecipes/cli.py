@@ -6,6 +6,7 @@
     nx data export --out DIR              images (PNG) + samples.jsonl
     nx eval --images DIR --prompts JSONL  ShapeEval scores: a table, and JSON with --json
     nx demo [--out DIR]                   what `make demo` runs
+    nx plot RUN [RUN ...] [--out PNG]     PNG curves of training metrics (one run, or overlaid)
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo_main(["--out", args.out])
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from nxrecipes.train.plot import plot_run
+
+    runs = args.runs[0] if len(args.runs) == 1 else args.runs
+    try:
+        path = plot_run(runs, args.out, keys=args.keys)
+    except ImportError as err:  # matplotlib is optional (the dev extra)
+        print(f"nx plot: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nx", description="nx: autoregressive image generation")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="what `make demo` runs")
     demo.add_argument("--out", default="out/demo")
     demo.set_defaults(run=cmd_demo)
+
+    plot = commands.add_parser("plot", help="PNG curves of training metrics (metrics.jsonl)")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or its metrics.jsonl")
+    plot.add_argument("--out", help="PNG to write (default: RUN/metrics.png, or beside the runs for several)")
+    plot.add_argument(
+        "--keys", nargs="+", help="metrics: names, globs (loss/scale_*) or families (loss); default: all"
+    )
+    plot.set_defaults(run=cmd_plot)
     return parser
 
 
