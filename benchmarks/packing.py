@@ -488,13 +488,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=3584)
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON output (default {RESULTS}; with --quick, packing-quick.json beside it)")
     parser.add_argument("--real", action="store_true",
                         help="also measure the real 2-process CPU throughput (shared Trainer, ~30 s)")
     parser.add_argument("--real-samples", type=int, default=256)
     parser.add_argument("--real-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--length-scale", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS.with_name("packing-quick.json") if args.quick else RESULTS
     if args.real_worker:
         _real_worker(args)
         return 0

@@ -27,7 +27,9 @@ Resuming replays that update exactly, so the failure can be reproduced and inspe
 **Metrics** go to ``cfg.run_dir/metrics.jsonl`` (``MetricsLogger``) every ``log_every`` updates:
 ``loss`` (mean over micro-batches and ranks), ``lr``, ``grad_norm`` (before clipping),
 ``step_time_s``, and the step function's metrics averaged over the micro-batches and ranks that
-reported them; a metric named ``tokens`` is summed instead and also gives ``tokens_per_s``.
+reported them; a metric named ``tokens`` is summed instead and also gives ``tokens_per_s``, and
+``mfu`` when the trainer is given ``flops_per_token`` and ``peak_flops`` (one device's peak; see
+``metrics.transformer_flops_per_token``).
 Ranks may report different metric names (say ``loss/t2i`` only where a t2i sample was drawn).
 """
 
@@ -51,7 +53,7 @@ from nxcore.checkpoint import atomic_write_text
 from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.distributed import DistEnv, autocast, init_distributed, wrap_model
-from nxrecipes.train.metrics import MetricsLogger
+from nxrecipes.train.metrics import MetricsLogger, mfu
 from nxrecipes.train.optim import build_optimizer, warmup_cosine
 from nxrecipes.train.state import export_weights, load_latest_training_state, save_training_state
 
@@ -126,7 +128,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, step_fn: StepFn, data: BatchSource, cfg: TrainConfig, *,
-                 block_types: Iterable[type] = ()):
+                 block_types: Iterable[type] = (), flops_per_token: float | None = None,
+                 peak_flops: float | None = None):
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         if not isinstance(model, nn.Module):
@@ -156,6 +159,12 @@ class Trainer:
                 f"{self.env.rank} of {self.env.world_size}; build IndexedBatches after init_distributed() "
                 "or pass rank and world_size"
             )
+        if (flops_per_token is None) != (peak_flops is None):
+            raise ValueError(
+                "give flops_per_token and peak_flops together (MFU needs both), got "
+                f"flops_per_token={flops_per_token!r}, peak_flops={peak_flops!r}"
+            )
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.step_fn = step_fn
         self.data = data
         self.model = wrap_model(model, cfg, block_types=block_types, env=self.env)
@@ -315,6 +324,9 @@ class Trainer:
         out = {key: (total[key] if key == TOKENS else total[key] / n[key]) for key in sorted(total)}
         if TOKENS in out and elapsed > 0:
             out["tokens_per_s"] = out[TOKENS] / elapsed
+            if self.flops_per_token is not None:
+                job_peak = self.peak_flops * self.env.world_size
+                out["mfu"] = mfu(out["tokens_per_s"], self.flops_per_token, job_peak)
         return out
 
     def _last_micro_batch_problem(self) -> tuple[int, str, tuple[int, ...]]:

@@ -183,6 +183,21 @@ def test_metrics_are_logged_per_step(tmp_path):
     assert TrainConfig.load(tmp_path / "run" / "train_config.json").steps == 5
 
 
+def test_mfu_is_logged_when_flops_and_peak_are_given(tmp_path):
+    def counting_step(model, batch):
+        loss, metrics = mse_step(model, batch)
+        return loss, {**metrics, "tokens": float(len(batch[0]))}
+
+    seed_all(0)
+    cfg = TrainConfig(run_dir=tmp_path / "run", steps=2, batch_size=8, warmup_steps=1, checkpoint_every=0, log_every=1)
+    data = IndexedBatches(DATA, cfg.batch_size, cfg.seed, rank=0, world_size=1)
+    Trainer(Regressor(0.0), counting_step, data, cfg, flops_per_token=1e6, peak_flops=1e12).fit()
+    for r in read_metrics(tmp_path / "run"):
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * 1e6 / 1e12)
+    with pytest.raises(ValueError, match="give flops_per_token and peak_flops together"):
+        Trainer(Regressor(0.0), mse_step, data, cfg, peak_flops=1e12)
+
+
 @pytest.fixture
 def process_group():
     yield
