@@ -475,7 +475,7 @@ def _dead_pid() -> int:
 
 
 def test_leftovers_of_a_killed_save_are_cleaned_or_restored(tmp_path):
-    host, pid = atomic_mod._host(), _dead_pid()
+    host, pid = atomic_mod.host_tag(), _dead_pid()
     save_pretrained(_tiny(), tmp_path / "ck")
     stale = tmp_path / f".ck.nxtmp.{host}.{pid}.abcd1234"
     stale.mkdir()

@@ -33,7 +33,11 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fsync_dir",
+    "host_tag",
     "interrupted_save_hint",
+    "process_alive",
+    "remove_path",
 ]
 
 _TMP = ".nxtmp."
@@ -93,7 +97,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_tree(tmp)
         _commit(tmp, target)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -144,7 +148,7 @@ def _resolve_target(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(as_path(path, "path")))
 
 
-def _host() -> str:
+def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
 
 
@@ -153,7 +157,7 @@ def _prefix(target: Path, tag: str) -> str:
 
 
 def _sibling(target: Path, tag: str) -> Path:
-    name = f"{_prefix(target, tag)}{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
+    name = f"{_prefix(target, tag)}{host_tag()}.{os.getpid()}.{secrets.token_hex(4)}"
     return target.with_name(name)
 
 
@@ -164,7 +168,7 @@ def _owner(name: str, prefix: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -184,20 +188,20 @@ def _sweep_stale(target: Path) -> None:
         prefix = _prefix(target, tag)
         for entry in entries:
             owner = _owner(entry.name, prefix) if entry.name.startswith(prefix) else None
-            if owner is None or owner[0] != _host() or owner[1] == os.getpid() or _alive(owner[1]):
+            if owner is None or owner[0] != host_tag() or owner[1] == os.getpid() or process_alive(owner[1]):
                 continue
             path = Path(entry.path)
             try:
                 if tag == _OLD and not os.path.lexists(target):
                     os.rename(path, target)
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
                 else:
-                    _remove(path)
+                    remove_path(path)
             except OSError:
                 pass
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -213,7 +217,7 @@ def _fsync_fd_of(path: Path | str, flags: int) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path | str) -> None:
+def fsync_dir(path: Path | str) -> None:
     if os.name == "nt":  # directories cannot be opened for fsync on Windows
         return
     with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
@@ -231,7 +235,7 @@ def _fsync_tree(path: Path) -> None:
             file = os.path.join(root, name)
             if not os.path.islink(file):
                 _fsync_fd_of(file, os.O_RDONLY)
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def _commit(tmp: Path, target: Path) -> None:
@@ -243,8 +247,8 @@ def _commit(tmp: Path, target: Path) -> None:
                 "or choose another path"
             )
         old = _swap_directories(tmp, target)
-        _fsync_dir(target.parent)
-        _remove(old)
+        fsync_dir(target.parent)
+        remove_path(old)
         return
     if tmp_is_dir and os.path.lexists(target):
         raise ValueError(
@@ -252,7 +256,7 @@ def _commit(tmp: Path, target: Path) -> None:
             "Move or delete it, or choose another path"
         )
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _swap_directories(new: Path, target: Path) -> Path:

@@ -13,9 +13,10 @@ from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.curriculum import Curriculum, Stage, nextflow_curriculum
 from nxrecipes.train.distributed import DistEnv, autocast, barrier, init_distributed, shutdown, wrap_model
-from nxrecipes.train.loop import Trainer, TrainingDiverged, TrainSummary, seed_all
+from nxrecipes.train.loop import Trainer, TrainingDiverged, TrainSummary
 from nxrecipes.train.metrics import MetricsLogger, read_metrics
 from nxrecipes.train.optim import build_optimizer, lr_factor, no_decay, param_groups, warmup_cosine
+from nxrecipes.train.seeding import seed_all
 from nxrecipes.train.state import (
     ResumeInfo,
     export_weights,

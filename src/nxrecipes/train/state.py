@@ -63,8 +63,6 @@ import os
 import random
 import re
 import secrets
-import shutil
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -85,7 +83,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from nxcore.checkpoint import atomic_path, atomic_write_text, save_state
-from nxcore.checkpoint.atomic import as_path
+from nxcore.checkpoint.atomic import as_path, fsync_dir, host_tag, process_alive, remove_path
+from nxrecipes.train.seeding import seed_all
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -280,7 +279,7 @@ def load_latest_training_state(
     else:
         info = _read_json(path / "rank-0.json")
         seed = fallback_seed(step, rank)
-        _seed_all(seed)
+        seed_all(seed)
         rng_restored = False
         if rank == 0:
             warnings.warn(
@@ -370,24 +369,24 @@ def sweep_stale(root: Path) -> list[Path]:
         entries = list(os.scandir(root))
     except OSError:
         return removed
-    host = _host()
+    host = host_tag()
     for entry in entries:
         match = _HIDDEN.fullmatch(entry.name)
         if match is None:
             continue
         name, tag, owner_host, pid = match.group(1), match.group(2), match.group(3), int(match.group(4))
-        if owner_host != host or pid == os.getpid() or _alive(pid):
+        if owner_host != host or pid == os.getpid() or process_alive(pid):
             continue
         path = Path(entry.path)
         try:
             if tag == "nxold" and not os.path.lexists(root / name):
                 os.rename(path, root / name)
                 continue
-            _remove(path)
+            remove_path(path)
             removed.append(path)
         except OSError:
             pass
-    _fsync_dir(root)
+    fsync_dir(root)
     return removed
 
 
@@ -515,10 +514,6 @@ def _restore_rng(rng: dict) -> None:
         )
 
 
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -559,42 +554,17 @@ def _prune(root: Path, keep_last: int, protect: str) -> None:
     complete = list_checkpoints(root.parent)
     doomed = [p for _, p in complete[: max(len(complete) - keep_last, 0)] if p.name != protect]
     for path in doomed:
-        trash = path.with_name(f".{path.name}.nxdel.{_host()}.{os.getpid()}.{secrets.token_hex(4)}")
+        trash = path.with_name(f".{path.name}.nxdel.{host_tag()}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
             os.rename(path, trash)  # the complete-looking name goes first, atomically
         except FileNotFoundError:
             continue
-        _fsync_dir(root)
-        _remove(trash)
+        fsync_dir(root)
+        remove_path(trash)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
-def _host() -> str:
-    # Same spelling as nxcore.checkpoint.atomic uses in temporary names.
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
