@@ -1,4 +1,5 @@
-# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need.
+# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need
+# (triton too: its kernels are tested on CPU under TRITON_INTERPRET=1).
 # torch==2.13.0 is installed first (unless the interpreter already has a torch) so that pip does not
 # resolve an unpinned torch to the multi-GB CUDA build.
 PYTHON ?= python3
@@ -13,7 +14,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,triton]"
 	touch $(STAMP)
 
 test: $(STAMP)
