@@ -1,0 +1,51 @@
+"""SwiGLU, the reference: ``silu(gate) * up`` in plain torch with fp32 math (fp64 for fp64 input),
+result in the input dtype. It is the oracle for every fused backend.
+
+Shape legend:
+    batch   any leading dimensions (batch, tokens, ...), possibly none
+    hidden  the MLP's intermediate width (18944 for Qwen2.5-VL-7B, 13824 for NextStep-1)
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from nxkernels.typecheck import typecheck
+
+__all__ = ["check_swiglu_inputs", "swiglu_reference"]
+
+
+def check_swiglu_inputs(gate: object, up: object) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument when ``gate``/``up`` cannot be used."""
+    for name, t in (("gate", gate), ("up", up)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{name} must have a floating-point dtype, got {t.dtype}; convert it with .float()"
+            )
+    assert isinstance(gate, Tensor) and isinstance(up, Tensor)
+    if gate.shape != up.shape:
+        raise ValueError(
+            f"gate has shape {tuple(gate.shape)} but up has shape {tuple(up.shape)}; they must match "
+            "(split the fused gate_up projection with .chunk(2, dim=-1))"
+        )
+    if gate.dtype != up.dtype:
+        raise TypeError(
+            f"gate has dtype {gate.dtype} but up has dtype {up.dtype}; cast one with .to(other.dtype)"
+        )
+    if gate.device != up.device:
+        raise ValueError(f"gate is on {gate.device} but up is on {up.device}; move one with .to()")
+
+
+@typecheck
+def swiglu_reference(
+    gate: Float[Tensor, "*batch hidden"], up: Float[Tensor, "*batch hidden"]
+) -> Float[Tensor, "*batch hidden"]:
+    """``silu(gate) * up``, computed in fp32 (fp64 for fp64), returned in the inputs' dtype."""
+    check_swiglu_inputs(gate, up)
+    compute = torch.promote_types(gate.dtype, torch.float32)
+    out = torch.nn.functional.silu(gate.to(compute)) * up.to(compute)
+    return out.to(gate.dtype)
