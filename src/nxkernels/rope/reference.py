@@ -27,7 +27,12 @@ from torch import Tensor
 
 from nxkernels.typecheck import typecheck
 
-__all__ = ["apply_rope_reference", "rope_cos_sin", "rotate_half"]
+__all__ = [
+    "apply_rope_reference",
+    "rope_cos_sin",
+    "rope_reference_from_positions",
+    "rotate_half",
+]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -148,3 +153,14 @@ def rope_cos_sin(
     angles = per_pair * inv_freq.to(compute)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
+
+
+def rope_reference_from_positions(
+    x: Float[Tensor, "*batch seq head_dim"],
+    positions: Float[Tensor, "seq axes"],
+    inv_freq: Float[Tensor, " pairs"],
+    sections: tuple[int, ...] | None = None,
+) -> Float[Tensor, "*batch seq head_dim"]:
+    """``apply_rope_reference(x, *rope_cos_sin(positions, inv_freq, sections))``: the oracle for
+    backends that take positions instead of a cos/sin table (e.g. the Triton kernel)."""
+    return apply_rope_reference(x, *rope_cos_sin(positions, inv_freq, sections))
