@@ -5,6 +5,12 @@ import os
 # Before any nx import: every @typecheck-decorated function checks its jaxtyping annotations.
 os.environ["NX_TYPECHECK"] = "1"
 
+import torch  # noqa: E402
+
+# Without CUDA, Triton kernels run on CPU tensors in the interpreter (set before triton is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -21,8 +27,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -10,6 +10,7 @@ import platform
 import torch
 
 import nxkernels
+from nxkernels.info import backend_table
 
 OPTIONAL = ("triton", "xformers")
 PACKAGES = ("nx", "torch", "numpy", "pillow", "safetensors", "tokenizers", "jaxtyping", "beartype")
@@ -27,6 +28,17 @@ def kernel_ops() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(nxkernels.__path__) if m.ispkg)
 
 
+def _kernels() -> dict[str, dict[str, dict[str, str]]]:
+    """``{op: {backend: {device: "available" or the reasons}}}``, from ``nxkernels.info``."""
+    return {
+        op: {
+            name: {dev: "; ".join(reasons) or "available" for dev, reasons in per_dev.items()}
+            for name, per_dev in backends.items()
+        }
+        for op, backends in backend_table().items()
+    }
+
+
 def report() -> dict[str, object]:
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -39,7 +51,7 @@ def report() -> dict[str, object]:
         "optional": extras,
         "devices": devices,
         "threads": torch.get_num_threads(),
-        "kernels": {op: ["reference"] for op in kernel_ops()},
+        "kernels": _kernels(),
     }
 
 
@@ -49,5 +61,9 @@ def format_report(info: dict[str, object]) -> str:
     lines += [f"{k:<12}{v} (optional)" for k, v in info["optional"].items()]  # type: ignore[union-attr]
     lines.append(f"devices     {', '.join(info['devices'])}; {info['threads']} CPU threads")  # type: ignore[arg-type]
     for op, backends in info["kernels"].items():  # type: ignore[union-attr]
-        lines.append(f"kernel      {op}: {', '.join(backends)}")
+        usable = [f"{name} ({dev})" for name, per_dev in backends.items()
+                  for dev, status in per_dev.items() if status == "available"]
+        lines.append(f"kernel      {op}: {', '.join(usable) or 'none available'}")
+        lines += [f"              {name} ({dev}) unavailable: {status}" for name, per_dev in backends.items()
+                  for dev, status in per_dev.items() if status != "available"]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import sys
 # when triton is first imported, our kernels when their module is. Set the variable before any
 # import that might pull triton in, and remember whether something imported it earlier without it.
 _TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ["TRITON_INTERPRET"] = "1"
+# tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA, before triton is imported.
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

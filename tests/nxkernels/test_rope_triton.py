@@ -2,11 +2,9 @@
 (fractional positions), odd shapes, non-contiguous views, fp32/fp16/bf16 with the backend's
 declared tolerances. On CPU the kernel runs under the Triton interpreter at tiny shapes."""
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"
-
+# tests/conftest.py sets TRITON_INTERPRET=1 when there is no CUDA, before triton is imported.
 import math  # noqa: E402
+import os
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

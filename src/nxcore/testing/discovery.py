@@ -16,6 +16,7 @@ from types import UnionType
 from typing import Any, get_args
 
 DEFAULT_PACKAGES = ("nxcore", "nxkernels", "nxrecipes")
+OPTIONAL_BACKENDS = {"triton", "xformers"}  # nxkernels/<op>/triton.py import their extra eagerly
 _imported: set[str] = set()
 
 
@@ -26,8 +27,9 @@ def import_all(packages: Iterable[str] = DEFAULT_PACKAGES) -> None:
             continue
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
-            if info.name.rsplit(".", 1)[-1].startswith("__") or ".testing" in info.name:
-                continue  # test helpers hold no implementations and may need dev extras
+            leaf = info.name.rsplit(".", 1)[-1]
+            if leaf.startswith("__") or ".testing" in info.name or leaf in OPTIONAL_BACKENDS:
+                continue  # test helpers and fused backends hold no implementations and need extras
             importlib.import_module(info.name)
         _imported.add(name)
 

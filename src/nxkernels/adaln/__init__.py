@@ -17,10 +17,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nxkernels.adaln.reference import adaln_modulate_reference, gated_residual_reference
+from nxkernels.dispatch import Backend, Op, triton_reasons
 from nxkernels.typecheck import typecheck
 
 __all__ = [
+    "ADALN_MODULATE",
     "ATOL",
+    "GATED_RESIDUAL",
     "RTOL",
     "adaln_modulate",
     "adaln_modulate_reference",
@@ -37,21 +40,63 @@ ATOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3.2e-2}
 RTOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 1.6e-2}
 
 
+_HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+_ALL = (*_HALF_AND_FLOAT, torch.float64)
+
+
+def _dtypes_supported(*args, **kwargs) -> list[str]:
+    return [f"an input has dtype {t.dtype}; the Triton kernels take fp32, fp16, bf16"
+            for t in args if isinstance(t, Tensor) and t.dtype not in _HALF_AND_FLOAT][:1]
+
+
+def _backends(name: str) -> tuple[Backend, Backend]:
+    return (
+        Backend("triton", f"nxkernels.adaln.triton:{name}_triton", devices=("cuda", "cpu"),
+                dtypes=_HALF_AND_FLOAT, atol=ATOL, rtol=RTOL, max_last_dim=65536,
+                available=triton_reasons, check=_dtypes_supported, auto_devices=("cuda",),
+                description="fused forward + backward"),
+        Backend("reference", f"nxkernels.adaln.reference:{name}_reference",
+                devices=("cpu", "cuda", "mps", "xpu"), dtypes=_ALL, atol=dict.fromkeys(_ALL, 0.0),
+                rtol=dict.fromkeys(_ALL, 0.0), description="plain torch, fp32 statistics (the oracle)"),
+    )
+
+
+def _shape_class(x, *args, **kwargs) -> tuple:
+    return (x.shape[-1] if isinstance(x, Tensor) and x.ndim else 0,
+            tuple(t.dtype for t in args if isinstance(t, Tensor)))
+
+
+# Backends in priority order (nxkernels.dispatch): Triton on CUDA (on CPU only when pinned, under
+# TRITON_INTERPRET=1), then the reference.
+ADALN_MODULATE = Op("adaln_modulate", backends=_backends("adaln_modulate"), shape_class=_shape_class)
+GATED_RESIDUAL = Op("gated_residual", backends=_backends("gated_residual"), shape_class=_shape_class)
+
+
 @typecheck
 def adaln_modulate(
     x: Float[Tensor, "*batch dim"], shift: Float[Tensor, "..."], scale: Float[Tensor, "..."],
     eps: float = 1e-6,
+    *,
+    backend: str | None = None,
 ) -> Float[Tensor, "*batch dim"]:
-    """LayerNorm(x) (no affine, fp32 statistics) * (1 + scale) + shift, in ``x``'s dtype."""
-    return adaln_modulate_reference(x, shift, scale, eps)
+    """LayerNorm(x) (no affine, fp32 statistics) * (1 + scale) + shift, in ``x``'s dtype.
+
+    ``backend`` pins a backend (``"triton"``, ``"reference"``); see ``nxkernels.dispatch``.
+    """
+    chosen = ADALN_MODULATE.select(x, shift, scale, eps, backend=backend)
+    return chosen.load()(x, shift, scale, eps)
 
 
 @typecheck
 def gated_residual(
-    x: Float[Tensor, "*batch dim"], gate: Float[Tensor, "..."], h: Float[Tensor, "*batch dim"]
+    x: Float[Tensor, "*batch dim"],
+    gate: Float[Tensor, "..."],
+    h: Float[Tensor, "*batch dim"],
+    *,
+    backend: str | None = None,
 ) -> Float[Tensor, "*batch dim"]:
-    """``x + gate * h`` (fp32 math), in ``x``'s dtype."""
-    return gated_residual_reference(x, gate, h)
+    """``x + gate * h`` (fp32 math), in ``x``'s dtype; ``backend`` pins a backend."""
+    return GATED_RESIDUAL.select(x, gate, h, backend=backend).load()(x, gate, h)
 
 
 def adaln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
