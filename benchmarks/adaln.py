@@ -17,16 +17,14 @@ median ms (CUDA events) forward and forward+backward, peak memory of forward+bac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from harness import fresh_compile, markdown, time_cpu, time_cuda, write_json
 
 from nxkernels.adaln import adaln_modulate_reference, gated_residual_reference
 
@@ -63,66 +61,6 @@ def _inputs(tokens: int, width: int, layout: str, dtype: torch.dtype, device: st
     return [t.requires_grad_(True) for t in tensors], rand(*x_shape)
 
 
-def _step(fn: Callable, tensors, dy, backward: bool):
-    if backward:
-        for t in tensors:
-            t.grad = None
-        fn(*tensors).backward(dy)
-    else:
-        with torch.no_grad():
-            fn(*tensors)
-
-
-def time_cpu(fn: Callable, args, backward: bool, repeats: int) -> float:
-    """Median wall ms over ``repeats`` after two warm-up calls (which also compile)."""
-    for _ in range(2):
-        _step(fn, *args, backward)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _step(fn, *args, backward)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def time_cuda(fn: Callable, args, backward: bool, repeats: int) -> tuple[float, float]:
-    """Median ms (CUDA events) and peak MiB of one call beyond the inputs."""
-    for _ in range(3):
-        _step(fn, *args, backward)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        _step(fn, *args, backward)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    _step(fn, *args, backward)
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return statistics.median(times), peak
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _fresh_compile(fn: Callable) -> Callable:
-    """A compiled ``fn`` with an empty dynamo cache: every (shape, grad mode) gets its own graph
-    (the default limit of 8 recompilations would silently fall back to eager)."""
-    torch._dynamo.reset()
-    return torch.compile(fn, dynamic=False)
-
-
 def cpu_section(tokens: tuple[int, ...], width: int, threads: int, repeats: int) -> list[dict]:
     torch.set_num_threads(threads)
     rows = []
@@ -131,7 +69,7 @@ def cpu_section(tokens: tuple[int, ...], width: int, threads: int, repeats: int)
             args = _inputs(n, width, layout, torch.float32, "cpu")
             row = {"layout": layout, "width": width, "tokens": n, "dtype": "float32"}
             for mode, backward in (("fwd", False), ("fwd_bwd", True)):
-                compiled = _fresh_compile(REFERENCE)
+                compiled = fresh_compile(REFERENCE)
                 eager = time_cpu(REFERENCE, args, backward, repeats)
                 comp = time_cpu(compiled, args, backward, repeats)
                 row[f"{mode}_eager_ms"] = eager
@@ -154,7 +92,7 @@ def gpu_section(tokens: tuple[int, ...], width: int, repeats: int) -> list[dict]
             args = _inputs(n, width, layout, torch.bfloat16, "cuda")
             row = {"layout": layout, "width": width, "tokens": n, "dtype": "bfloat16"}
             for name, fn in providers.items():
-                fn = fn or _fresh_compile(REFERENCE)
+                fn = fn or fresh_compile(REFERENCE)
                 row[f"{name}_fwd_ms"], _ = time_cuda(fn, args, False, repeats)
                 row[f"{name}_fwd_bwd_ms"], row[f"{name}_peak_mib"] = time_cuda(fn, args, True, repeats)
             best = min(row[f"{p}_fwd_bwd_ms"] for p in providers if p != "triton")
@@ -197,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown(result["gpu"], gcols))
     else:
         print("\n(no CUDA device: GPU section skipped)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return result
 
 

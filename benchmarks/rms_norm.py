@@ -14,7 +14,6 @@ op; on CPU it runs the reference); ``compiled`` = ``torch.compile(rms_norm_refer
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import markdown, write_json
 
 from nxkernels.rms_norm import rms_norm, rms_norm_reference
 
@@ -128,14 +128,6 @@ def run_gpu(tokens: tuple[int, ...], dtype: torch.dtype) -> list[dict]:  # pragm
             for row in _gpu_row(model, hidden, n, dtype, liger)]
 
 
-def table(rows: list[dict], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 tokens, 2 reps: a smoke test")
@@ -162,15 +154,14 @@ def main(argv=None) -> dict:
         "gpu": gpu,
     }
     print(f"\n## CPU, {args.dtype}, {args.threads} threads, median ms of {reps}\n")
-    print(table(cpu, ["model", "tokens", "mode", "eager_ms", "nx_ms", "compiled_ms",
+    print(markdown(cpu, ["model", "tokens", "mode", "eager_ms", "nx_ms", "compiled_ms",
                       "compiled_speedup", "nx_over_eager"]))
     if gpu:
         cols = ["model", "tokens", "mode"] + [k for k in gpu[0] if k.endswith(("_ms", "_mb"))]
-        print("\n## GPU, bfloat16\n\n" + table(gpu, cols + ["fused_over_best"]))
+        print("\n## GPU, bfloat16\n\n" + markdown(gpu, cols + ["fused_over_best"]))
     else:
         print("\n(no CUDA device: GPU section skipped)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return result
 
 

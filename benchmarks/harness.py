@@ -1,0 +1,81 @@
+"""Timing and reporting shared by the op benchmarks (``python benchmarks/<op>.py``).
+
+``args`` everywhere is ``(tensors, dy)``: the op's inputs, and the output gradient used when the
+backward pass is timed too.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def step(fn: Callable, tensors, dy, backward: bool) -> None:
+    """One call of ``fn(*tensors)``; with ``backward`` also its backward from ``dy``."""
+    if backward:
+        for t in tensors:
+            t.grad = None
+        fn(*tensors).backward(dy)
+    else:
+        with torch.no_grad():
+            fn(*tensors)
+
+
+def time_cpu(fn: Callable, args, backward: bool, repeats: int) -> float:
+    """Median wall ms over ``repeats`` after two warm-up calls (which also compile)."""
+    for _ in range(2):
+        step(fn, *args, backward)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(fn, *args, backward)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_cuda(fn: Callable, args, backward: bool, repeats: int) -> tuple[float, float]:
+    """Median ms (CUDA events) and peak MiB of one call beyond the inputs."""
+    for _ in range(3):
+        step(fn, *args, backward)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step(fn, *args, backward)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step(fn, *args, backward)
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return statistics.median(times), peak
+
+
+def fresh_compile(fn: Callable) -> Callable:
+    """A compiled ``fn`` with an empty dynamo cache: every (shape, grad mode) gets its own graph
+    (the default limit of 8 recompilations would silently fall back to eager)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
