@@ -15,7 +15,7 @@ from nxcore.layout import SequenceLayout, TextSpan
 from nxcore.position import MultiscaleRoPE3D, RoPE1D
 from nxcore.sampler import CategoricalSampler
 from nxcore.schedule import Schedule, nextflow_schedule, nextflow_schedule_for_size
-from nxkernels.rope import apply_rope, rope_cos_sin
+from nxkernels.rope import apply_rope
 
 
 def _truncated_safetensors(tmp_path):
@@ -38,7 +38,6 @@ def _unknown_config_field(tmp_path):
 
 ROPE = RoPE1D(head_dim=8)
 POS = ROPE.positions(SequenceLayout.of(TextSpan(5)))
-ROPE_COS_SIN = rope_cos_sin(POS, torch.ones(4))
 LOGITS = torch.randn(2, 7)
 
 CASES = [
@@ -46,8 +45,8 @@ CASES = [
      r"hidden must have 2 dimensions, got shape \(4,\)"),
     ("wrong dtype", lambda _: lambda: CategoricalSampler().sample(torch.ones(2, 7, dtype=torch.long)),
      TypeError, r"cond must have a floating-point dtype.*got torch\.int64"),
-    ("wrong device", lambda _: lambda: apply_rope(torch.randn(5, 8), *(t.to("meta") for t in ROPE_COS_SIN)),
-     ValueError, r"cos is on meta but x is on cpu; move it with \.to\(x\.device\)"),
+    ("wrong device", lambda _: lambda: apply_rope(torch.randn(5, 8), POS.to("meta"), torch.ones(4)),
+     ValueError, r"positions is on meta but x is on cpu; move it with \.to\(x\.device\)"),
     ("wrong width", lambda _: lambda: ROPE.apply(torch.randn(1, 5, 6), POS), ValueError,
      r"x must be \[\*batch, seq, head_dim\] with head_dim = 8 \(RoPE1D.head_dim\), got \(1, 5, 6\)"),
     ("unknown aspect ratio", lambda _: lambda: nextflow_schedule(ratio=1.8), ValueError,

@@ -16,7 +16,7 @@ from torch import Tensor
 from nxcore.layout import SequenceLayout
 from nxcore.position.protocol import RotaryPositionalEncoder
 from nxcore.typing import Float, typecheck
-from nxkernels.rope import apply_rope, rope_cos_sin
+from nxkernels.rope import apply_rope
 
 __all__ = ["RoPE1D", "rope_inv_freq", "rotate"]
 
@@ -51,8 +51,7 @@ def rotate(
             f"encoder.positions(layout, device=x.device)"
         )
     inv_freq = rope_inv_freq(x.shape[-1], theta, device=x.device)
-    cos, sin = rope_cos_sin(positions, inv_freq, sections)
-    return apply_rope(x, cos, sin)
+    return apply_rope(x, positions, inv_freq, sections)
 
 
 def _check_head_dim(name: str, value: object) -> None:

@@ -17,6 +17,11 @@ with ``cos = cat(angles, angles).cos()`` (likewise ``sin``), so both halves of t
 angle. Multi-axis positions split the pairs into contiguous sections, one per axis (Qwen2-VL's
 ``mrope_section``): with sections (16, 24, 24), pairs 0..15 follow axis 0, 16..39 axis 1 and 40..63
 axis 2. Positions are floats, so fractional coordinates need no integer lookup table.
+
+Two forms: ``apply_rope_reference(x, cos, sin)`` rotates by a cos/sin table from ``rope_cos_sin``
+(the autograd oracle of the tests); ``rope_forward_reference`` / ``rope_backward_reference`` take
+positions like every backend of ``nxkernels.rope.apply_rope`` (``KERNELS``). The backward of a
+rotation is the inverse rotation (angle -> -angle): ``dx = dy * cos - rotate_half(dy) * sin``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from torch import Tensor
 from nxkernels.typecheck import typecheck
 
 __all__ = [
+    "KERNELS",
     "apply_rope_reference",
+    "resolve_sections",
+    "rope_backward_reference",
     "rope_cos_sin",
+    "rope_forward_reference",
     "rope_reference_from_positions",
     "rotate_half",
 ]
@@ -115,30 +124,7 @@ def rope_cos_sin(
     _check_float("positions", positions, ndim=2)
     _check_float("inv_freq", inv_freq, ndim=1)
     axes, pairs = positions.shape[1], inv_freq.shape[0]
-    if pairs < 1:
-        raise ValueError(
-            "inv_freq is empty; it needs one frequency per rotary pair (head_dim // 2)"
-        )
-    if sections is None:
-        if axes != 1:
-            raise ValueError(
-                f"positions has {axes} axes but sections is None (one axis); pass sections, one "
-                f"count of pairs per axis summing to {pairs}"
-            )
-        sections = (pairs,)
-    sections = tuple(sections)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sections):
-        raise ValueError(f"sections must be ints >= 0 (pairs per axis), got {sections!r}")
-    if len(sections) != axes:
-        raise ValueError(
-            f"sections {sections} has {len(sections)} entries but positions has {axes} axes "
-            f"(shape {tuple(positions.shape)}); give one section per axis"
-        )
-    if sum(sections) != pairs:
-        raise ValueError(
-            f"sections {sections} sum to {sum(sections)} but inv_freq has {pairs} pairs; the "
-            f"sections must sum to head_dim // 2 = {pairs}"
-        )
+    sections = resolve_sections(sections, axes, pairs, positions_shape=tuple(positions.shape))
     if inv_freq.device != positions.device:
         raise ValueError(
             f"inv_freq is on {inv_freq.device} but positions is on {positions.device}; move it "
@@ -155,6 +141,42 @@ def rope_cos_sin(
     return angles.cos(), angles.sin()
 
 
+def resolve_sections(
+    sections: tuple[int, ...] | None, axes: int, pairs: int, *, positions_shape: tuple | None = None
+) -> tuple[int, ...]:
+    """``sections`` checked against ``axes`` and ``pairs``; ``None`` (one axis) becomes ``(pairs,)``."""
+    shape = f" (shape {positions_shape})" if positions_shape is not None else ""
+    if pairs < 1:
+        raise ValueError(
+            "inv_freq is empty; it needs one frequency per rotary pair (head_dim // 2)"
+        )
+    if sections is None:
+        if axes != 1:
+            raise ValueError(
+                f"positions has {axes} axes but sections is None (one axis); pass sections, one "
+                f"count of pairs per axis summing to {pairs}"
+            )
+        return (pairs,)
+    if not isinstance(sections, tuple | list):
+        raise TypeError(
+            f"sections must be a tuple of ints (pairs per axis), got {type(sections).__name__}"
+        )
+    sections = tuple(sections)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sections):
+        raise ValueError(f"sections must be ints >= 0 (pairs per axis), got {sections!r}")
+    if len(sections) != axes:
+        raise ValueError(
+            f"sections {sections} has {len(sections)} entries but positions has {axes} axes"
+            f"{shape}; give one section per axis"
+        )
+    if sum(sections) != pairs:
+        raise ValueError(
+            f"sections {sections} sum to {sum(sections)} but inv_freq has {pairs} pairs; the "
+            f"sections must sum to head_dim // 2 = {pairs}"
+        )
+    return sections
+
+
 def rope_reference_from_positions(
     x: Float[Tensor, "*batch seq head_dim"],
     positions: Float[Tensor, "seq axes"],
@@ -164,3 +186,22 @@ def rope_reference_from_positions(
     """``apply_rope_reference(x, *rope_cos_sin(positions, inv_freq, sections))``: the oracle for
     backends that take positions instead of a cos/sin table (e.g. the Triton kernel)."""
     return apply_rope_reference(x, *rope_cos_sin(positions, inv_freq, sections))
+
+
+def rope_forward_reference(
+    x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
+) -> Tensor:
+    """Backend form: rotate ``x`` to ``positions``; a new contiguous tensor in x's dtype."""
+    cos, sin = rope_cos_sin(positions, inv_freq, tuple(sections))
+    return apply_rope_reference(x, cos, sin).contiguous()
+
+
+def rope_backward_reference(
+    dy: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
+) -> Tensor:
+    """Backend form of the backward: the inverse rotation of ``dy`` (angle -> -angle)."""
+    cos, sin = rope_cos_sin(positions, inv_freq, tuple(sections))
+    return apply_rope_reference(dy, cos, -sin).contiguous()
+
+
+KERNELS = {"forward": rope_forward_reference, "backward": rope_backward_reference}

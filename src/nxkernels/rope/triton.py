@@ -4,16 +4,17 @@ The kernel reads x [*batch, seq, head_dim] (any strides), float positions [seq, 
 [pairs] and ``section_index`` [pairs] (the axis that drives each pair, int32), computes the angle
 ``positions[n, section_index[p]] * inv_freq[p]`` in fp32 *inside* the kernel (no cos/sin table in
 memory, so fractional positions cost nothing extra) and writes ``x * cos + rotate_half(x) * sin``
-(rotate-half convention, as ``nxkernels.rope.reference``). The backward is the inverse rotation
-(angle -> -angle), the same kernel with ``BACKWARD=True``.
+(rotate-half convention, as ``nxkernels.rope.reference``) to a new contiguous tensor. The backward
+is the inverse rotation (angle -> -angle), the same kernel with ``BACKWARD=True``.
 
 Grid: programs tile (seq blocks) x (groups of batch rows); each program computes its angles once and
 reuses them for every batch row (head) of its group. Under ``TRITON_INTERPRET=1`` (CPU) the launch
 uses few programs with large blocks, since each program instance costs about a millisecond there.
 
-Gradients flow to ``x`` only; ``positions`` and ``inv_freq`` must not require grad (they are
-buffers in every caller). Supported dtypes: fp32, fp16, bf16 (fp32 math, result in x's dtype);
-per-dtype tolerances against the reference are ``ATOL``/``RTOL``.
+``KERNELS`` holds the raw (non-autograd) forward and backward that ``nxkernels.rope.apply_rope``
+reaches through its custom op; arguments are validated there, and the per-dtype tolerances against
+the reference are declared on its ``triton`` Backend. Importing this module imports triton; set
+``TRITON_INTERPRET=1`` first to run on CPU tensors.
 """
 
 from __future__ import annotations
@@ -23,27 +24,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from nxkernels.rope.reference import rope_reference_from_positions
-
 __all__ = [
-    "ATOL",
-    "DTYPES",
     "INTERPRETED",
-    "RTOL",
-    "RoPETriton",
-    "apply_rope_qk_triton",
-    "apply_rope_triton",
-    "not_supported_reasons",
-    "rope_reference_from_positions",
+    "KERNELS",
+    "rope_backward_triton",
+    "rope_forward_triton",
     "section_index",
 ]
-
-DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
-# Tolerances of this backend against apply_rope_reference (outputs and gradients). Both do the same
-# fp32 math; the difference is cos/sin rounding (~1e-7) plus one rounding step of the output (the
-# interpreter rounds fp32 -> bf16 towards zero, so bf16 may be one ulp off).
-ATOL: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-RTOL: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 @triton.jit
@@ -165,138 +152,48 @@ def _launch(x: Tensor, positions: Tensor, inv_freq: Tensor, index: Tensor, backw
     return out
 
 
-def not_supported_reasons(x: Tensor, positions: Tensor | None = None) -> list[str]:
-    """Why this backend cannot run on these inputs (empty list: it can)."""
-    reasons = []
-    if not isinstance(x, Tensor):
-        return [f"x must be a torch.Tensor, got {type(x).__name__}"]
-    if x.dtype not in DTYPES:
-        reasons.append(f"dtype {x.dtype} is not one of {DTYPES}")
-    if x.device.type == "cpu" and not INTERPRETED:
-        reasons.append(
-            "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before "
-            "nxkernels.rope.triton is imported (stock Triton has no CPU backend)"
-        )
-    elif x.device.type not in ("cpu", "cuda"):
-        reasons.append(f"device {x.device.type} is not supported (cuda, or cpu when interpreting)")
-    if x.ndim < 2 or x.shape[-1] % 2:
-        reasons.append(f"x must be [*batch, seq, head_dim] with even head_dim, got {tuple(x.shape)}")
-    if positions is not None and positions.device != x.device:
-        reasons.append(f"positions on {positions.device} but x on {x.device}")
-    return reasons
-
-
-def _check(x: Tensor, positions: Tensor, inv_freq: Tensor, index: Tensor) -> None:
-    reasons = not_supported_reasons(x, positions)
-    if reasons:
-        raise ValueError("the Triton RoPE cannot run: " + "; ".join(reasons))
-    if positions.ndim != 2 or not positions.is_floating_point():
-        raise ValueError(
-            f"positions must be a float [seq, axes] tensor, got {positions.dtype} "
-            f"{tuple(positions.shape)}"
-        )
-    seq, pairs = x.shape[-2], x.shape[-1] // 2
-    if positions.shape[0] != seq:
-        raise ValueError(
-            f"positions has {positions.shape[0]} rows but x {tuple(x.shape)} has seq {seq}; give "
-            "one position per token"
-        )
-    if inv_freq.ndim != 1 or inv_freq.shape[0] != pairs or not inv_freq.is_floating_point():
-        raise ValueError(
-            f"inv_freq must be a float [pairs] tensor with pairs = head_dim // 2 = {pairs}, got "
-            f"{inv_freq.dtype} {tuple(inv_freq.shape)}"
-        )
-    if index.ndim != 1 or index.shape[0] != pairs or index.dtype != torch.int32:
-        raise ValueError(
-            f"section_index must be an int32 [pairs] tensor ({pairs} entries, the axis of each "
-            f"pair), got {index.dtype} {tuple(index.shape)}; build it with section_index()"
-        )
-    for name, t in (("inv_freq", inv_freq), ("section_index", index)):
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if positions.requires_grad or inv_freq.requires_grad:
-        raise ValueError(
-            "the Triton RoPE gives gradients for x only; positions and inv_freq must not require "
-            "grad (detach them, or use apply_rope_reference)"
-        )
-
-
-class RoPETriton(torch.autograd.Function):
-    """``RoPETriton.apply(x, positions, inv_freq, section_index)``: rotate x; backward = inverse."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, positions: Tensor, inv_freq: Tensor, index: Tensor) -> Tensor:
-        _check(x, positions, inv_freq, index)
-        positions = positions.float()
-        inv_freq = inv_freq.float().contiguous()
-        index = index.contiguous()
-        ctx.save_for_backward(positions, inv_freq, index)
-        return _launch(x, positions, inv_freq, index, backward=False)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        positions, inv_freq, index = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _launch(grad_out, positions, inv_freq, index, backward=True)
-        return grad_x, None, None, None
-
-
 def section_index(
-    sections: tuple[int, ...] | None, pairs: int, device: torch.device | str = "cpu"
+    sections: tuple[int, ...] | list[int], pairs: int, device: torch.device | str = "cpu"
 ) -> Tensor:
-    """int32 [pairs]: the axis of each pair (``sections[a]`` consecutive pairs follow axis a)."""
-    if sections is None:
-        sections = (pairs,)
-    sections = tuple(sections)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sections):
-        raise ValueError(f"sections must be ints >= 0 (pairs per axis), got {sections!r}")
-    if sum(sections) != pairs:
-        raise ValueError(
-            f"sections {sections} sum to {sum(sections)} but there are {pairs} pairs "
-            "(head_dim // 2)"
-        )
-    axis = [a for a, count in enumerate(sections) for _ in range(count)]
-    return torch.tensor(axis, dtype=torch.int32, device=device)
+    """int32 [pairs]: the axis of each pair (``sections[a]`` consecutive pairs follow axis a).
 
-
-def apply_rope_triton(
-    x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | None = None
-) -> Tensor:
-    """Rotate x [*batch, seq, head_dim] to float positions [seq, axes]; same shape and dtype.
-
-    ``sections`` as ``rope_cos_sin`` (None: one axis drives every pair). Equals
-    ``rope_reference_from_positions`` within ``ATOL``/``RTOL`` of x's dtype.
+    ``sections`` must already be valid (``nxkernels.rope.reference.resolve_sections``). Cached per
+    (sections, device), so a CUDA call does not copy the index to the device every time.
     """
-    reasons = not_supported_reasons(x, positions)
-    if reasons:
-        raise ValueError("the Triton RoPE cannot run: " + "; ".join(reasons))
-    if not isinstance(positions, Tensor) or positions.ndim != 2:
-        raise ValueError(f"positions must be a [seq, axes] tensor, got {positions!r:.80}")
-    if sections is not None and len(tuple(sections)) != positions.shape[1]:
-        raise ValueError(
-            f"sections {tuple(sections)} has {len(tuple(sections))} entries but positions has "
-            f"{positions.shape[1]} axes; give one section per axis"
-        )
-    if sections is None and positions.shape[1] != 1:
-        raise ValueError(
-            f"positions has {positions.shape[1]} axes but sections is None (one axis); pass "
-            "sections, one count of pairs per axis"
-        )
-    pairs = x.shape[-1] // 2
-    index = section_index(sections, pairs, device=x.device)
-    return RoPETriton.apply(x, positions, inv_freq, index)
+    key = (tuple(sections), pairs, str(device))
+    index = _SECTION_INDEX.get(key)
+    if index is None:
+        if sum(sections) != pairs:
+            raise ValueError(
+                f"sections {tuple(sections)} sum to {sum(sections)} but there are {pairs} pairs "
+                "(head_dim // 2)"
+            )
+        axis = [a for a, count in enumerate(sections) for _ in range(count)]
+        index = _SECTION_INDEX[key] = torch.tensor(axis, dtype=torch.int32, device=device)
+    return index
 
 
-def apply_rope_qk_triton(
-    q: Tensor,
-    k: Tensor,
-    positions: Tensor,
-    inv_freq: Tensor,
-    sections: tuple[int, ...] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``apply_rope_triton`` on queries and keys (same positions, possibly different head counts)."""
-    return (
-        apply_rope_triton(q, positions, inv_freq, sections),
-        apply_rope_triton(k, positions, inv_freq, sections),
-    )
+_SECTION_INDEX: dict[tuple, Tensor] = {}
+
+
+def _rotate(x: Tensor, positions: Tensor, inv_freq: Tensor, sections, backward: bool) -> Tensor:
+    index = section_index(sections, x.shape[-1] // 2, x.device)
+    return _launch(x, positions.float(), inv_freq.float().contiguous(), index, backward)
+
+
+def rope_forward_triton(
+    x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
+) -> Tensor:
+    """Rotate x [*batch, seq, head_dim] (any strides) to float positions [seq, axes]; a new
+    contiguous tensor in x's dtype."""
+    return _rotate(x, positions, inv_freq, sections, backward=False)
+
+
+def rope_backward_triton(
+    dy: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
+) -> Tensor:
+    """The gradient w.r.t. x: the inverse rotation of ``dy`` (angle -> -angle)."""
+    return _rotate(dy, positions, inv_freq, sections, backward=True)
+
+
+KERNELS = {"forward": rope_forward_triton, "backward": rope_backward_triton}
