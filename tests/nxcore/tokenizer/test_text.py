@@ -4,7 +4,6 @@ import functools
 import json
 import pickle
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import example, given
@@ -19,35 +18,11 @@ NEXTFLOW = SpecialTokens.nextflow()
 SPECIAL_STRINGS = NEXTFLOW.strings
 
 
-def shapeworld_corpus(num: int = 60, seed: int = 0) -> list[str]:
-    """Prompts, captions, scene descriptions, riddles with their reasoning, edit instructions and
-    facts of ShapeWorld (nxcore cannot import nxrecipes; a test can)."""
-    from nxrecipes.data.shapeworld import (
-        FACTS,
-        canonical_caption,
-        prompt_for_spec,
-        random_scene,
-        random_spec,
-        riddle,
-    )
-    from nxrecipes.data.shapeworld.edits import random_edit
-    from nxrecipes.data.shapeworld.instructions import instruction
-    from nxrecipes.data.shapeworld.tasks import describe_scene
-
-    rng = np.random.default_rng(seed)
-    out = list(FACTS)
-    for _ in range(num):
-        out.append(prompt_for_spec(random_spec(rng), rng))
-        scene = random_scene(rng)
-        out += [canonical_caption(scene), describe_scene(scene, rng)]
-        prompt, reasoning, _ = riddle(rng)
-        out += [prompt, reasoning, instruction(random_edit(scene, rng), rng)]
-    return out
-
-
 @functools.cache
 def corpus() -> tuple[str, ...]:
-    return tuple(shapeworld_corpus())
+    from nxrecipes.data.shapeworld.corpus import text_corpus
+
+    return tuple(text_corpus(60))
 
 
 @functools.cache

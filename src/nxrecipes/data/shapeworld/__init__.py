@@ -1,5 +1,7 @@
 """ShapeWorld: the built-in synthetic world of nx (scenes of coloured shapes, captions, tasks).
 
+A text corpus for tokenizers: ``shapeworld.corpus.text_corpus``.
+
 Editing, interleaved and in-context samples: ``shapeworld.edits`` and ``shapeworld.sequences``.
 """
 
