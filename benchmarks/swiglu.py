@@ -4,8 +4,8 @@
 CPU (always): the reference eager vs ``torch.compile(reference)``, forward and forward+backward,
 median wall ms over repeats at a fixed thread count, the eager/compiled ratio side by side.
 GPU (only when CUDA is present): reference vs ``torch.compile(reference)`` vs our Triton kernels
-vs Liger-Kernel (when importable), median ms forward and forward+backward (CUDA events) and peak
-memory of forward+backward.
+(``swiglu(..., backend="triton")``, through the custom op) vs Liger-Kernel (when importable),
+median ms forward and forward+backward (CUDA events) and peak memory of forward+backward.
 
     .venv/bin/python benchmarks/swiglu.py             # writes benchmarks/results/swiglu.json
     .venv/bin/python benchmarks/swiglu.py --quick     # small shapes, a smoke test
@@ -14,6 +14,7 @@ memory of forward+backward.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from harness import fresh_compile, markdown, time_cpu, time_cuda, write_json
 
-from nxkernels.swiglu import swiglu_reference
+from nxkernels.swiglu import swiglu, swiglu_reference
 
 RESULTS = Path(__file__).resolve().parent / "results" / "swiglu.json"
 MODELS = {"qwen2.5-vl-7b": 18944, "nextstep-1": 13824}
@@ -60,12 +61,10 @@ def cpu_section(models: dict[str, int], tokens: tuple[int, ...], threads: int, r
 
 
 def gpu_section(models: dict[str, int], tokens: tuple[int, ...], repeats: int) -> list[dict]:
-    from nxkernels.swiglu import swiglu_triton
-
     providers: dict[str, Callable] = {
         "reference": swiglu_reference,
         "compiled": None,
-        "triton": swiglu_triton,
+        "triton": functools.partial(swiglu, backend="triton"),
     }
     try:
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
@@ -101,23 +100,46 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = (16, 64) if args.quick else tuple(args.tokens)
     result = {
         "benchmark": "swiglu",
-        "config": {"quick": args.quick, "threads": args.threads, "repeats": args.repeats,
-                   "tokens": list(tokens), "models": models},
-        "env": {"torch": torch.__version__, "python": platform.python_version(),
-                "machine": platform.machine(), "cuda": torch.cuda.is_available(),
-                "load_average_at_start": list(os.getloadavg())},
+        "config": {
+            "quick": args.quick,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "tokens": list(tokens),
+            "models": models,
+        },
+        "env": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cuda": torch.cuda.is_available(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
         "cpu": cpu_section(models, tokens, args.threads, args.repeats),
         "gpu": gpu_section(models, tokens, args.repeats) if torch.cuda.is_available() else None,
     }
-    cols = ["model", "width", "tokens", "fwd_eager_ms", "fwd_compiled_ms", "fwd_eager_over_compiled",
-            "fwd_bwd_eager_ms", "fwd_bwd_compiled_ms", "fwd_bwd_eager_over_compiled"]
-    print(f"## SwiGLU, CPU fp32, {args.threads} threads, median of {args.repeats} "
-          f"(load average {os.getloadavg()[0]:.1f}: the box is shared)\n")
+    cols = [
+        "model",
+        "width",
+        "tokens",
+        "fwd_eager_ms",
+        "fwd_compiled_ms",
+        "fwd_eager_over_compiled",
+        "fwd_bwd_eager_ms",
+        "fwd_bwd_compiled_ms",
+        "fwd_bwd_eager_over_compiled",
+    ]
+    print(
+        f"## SwiGLU, CPU fp32, {args.threads} threads, median of {args.repeats} "
+        f"(load average {os.getloadavg()[0]:.1f}: the box is shared)\n"
+    )
     print(markdown(result["cpu"], cols))
     if result["gpu"]:
         names = [k[: -len("_fwd_ms")] for k in result["gpu"][0] if k.endswith("_fwd_ms")]
-        gcols = ["model", "tokens"] + [f"{p}_{m}" for m in ("fwd_ms", "fwd_bwd_ms", "peak_mib")
-                                       for p in names] + ["triton_over_fastest_other"]
+        gcols = (
+            ["model", "tokens"]
+            + [f"{p}_{m}" for m in ("fwd_ms", "fwd_bwd_ms", "peak_mib") for p in names]
+            + ["triton_over_fastest_other"]
+        )
         print(f"\n## SwiGLU, {torch.cuda.get_device_name()} bf16\n")
         print(markdown(result["gpu"], gcols))
     else:

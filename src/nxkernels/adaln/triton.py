@@ -1,4 +1,6 @@
-"""AdaLN modulation and gated residual in Triton, forward and backward, as autograd Functions.
+"""AdaLN modulation and gated residual in Triton, forward and backward: the raw (autograd-free)
+launch functions in ``ADALN_MODULATE_KERNELS`` / ``GATED_RESIDUAL_KERNELS`` that the custom ops
+``nxkernels::adaln_modulate_fwd/_bwd`` and ``nxkernels::gated_residual_fwd/_bwd`` call.
 
 ``x`` is flattened to ``[rows, D]``. A modulation tensor (shift, scale, gate) that broadcasts over
 trailing token dimensions (``[B, D]`` against ``x`` [B, T, D], ``[D]``, or one row per row of ``x``)
@@ -29,15 +31,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from nxkernels.adaln.reference import as_broadcast, check_float
-
 __all__ = [
+    "ADALN_MODULATE_KERNELS",
+    "GATED_RESIDUAL_KERNELS",
     "MAX_DIM",
     "SUPPORTED_DTYPES",
-    "AdaLNModulateTriton",
-    "GatedResidualTriton",
-    "adaln_modulate_triton",
-    "gated_residual_triton",
+    "adaln_modulate_backward_triton",
+    "adaln_modulate_forward_triton",
+    "gated_residual_backward_triton",
+    "gated_residual_forward_triton",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -49,9 +51,20 @@ CPU_TARGET_PROGRAMS = 1
 
 
 @triton.jit
-def _adaln_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr, rstd_ptr,
-                      G, D, rows_per_prog, eps,
-                      BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _adaln_fwd_kernel(
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    y_ptr,
+    mean_ptr,
+    rstd_ptr,
+    G,
+    D,
+    rows_per_prog,
+    eps,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     m = tl.program_id(0).to(tl.int64)
     lo = tl.program_id(1).to(tl.int64) * rows_per_prog
     cols = tl.arange(0, BLOCK_D)
@@ -77,9 +90,22 @@ def _adaln_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr, rstd_ptr,
 
 
 @triton.jit
-def _adaln_bwd_kernel(dy_ptr, x_ptr, scale_ptr, mean_ptr, rstd_ptr, dx_ptr, dshift_ptr, dscale_ptr,
-                      G, D, rows_per_prog, P,
-                      BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _adaln_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    scale_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dshift_ptr,
+    dscale_ptr,
+    G,
+    D,
+    rows_per_prog,
+    P,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     m = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1).to(tl.int64)
     lo = p * rows_per_prog
@@ -113,8 +139,9 @@ def _adaln_bwd_kernel(dy_ptr, x_ptr, scale_ptr, mean_ptr, rstd_ptr, dx_ptr, dshi
 
 
 @triton.jit
-def _gated_fwd_kernel(x_ptr, gate_ptr, h_ptr, y_ptr, G, D, rows_per_prog,
-                      BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gated_fwd_kernel(
+    x_ptr, gate_ptr, h_ptr, y_ptr, G, D, rows_per_prog, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr
+):
     m = tl.program_id(0).to(tl.int64)
     lo = tl.program_id(1).to(tl.int64) * rows_per_prog
     cols = tl.arange(0, BLOCK_D)
@@ -132,8 +159,19 @@ def _gated_fwd_kernel(x_ptr, gate_ptr, h_ptr, y_ptr, G, D, rows_per_prog,
 
 
 @triton.jit
-def _gated_bwd_kernel(dy_ptr, gate_ptr, h_ptr, dh_ptr, dgate_ptr, G, D, rows_per_prog, P,
-                      BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gated_bwd_kernel(
+    dy_ptr,
+    gate_ptr,
+    h_ptr,
+    dh_ptr,
+    dgate_ptr,
+    G,
+    D,
+    rows_per_prog,
+    P,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     m = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1).to(tl.int64)
     lo = p * rows_per_prog
@@ -155,23 +193,25 @@ def _gated_bwd_kernel(dy_ptr, gate_ptr, h_ptr, dh_ptr, dgate_ptr, G, D, rows_per
 
 
 # ------------------------------------------------------------------------------------------------
-# host side
+# host side: x [*batch, D]; modulation tensors already broadcast to x by torch's rules (at most
+# x.ndim dimensions); gradients come back in each modulation tensor's own shape and dtype
 
 
-def _check_dtype(name: str, t: Tensor) -> None:
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"the Triton AdaLN kernels support {[str(d) for d in SUPPORTED_DTYPES]}, got "
-            f"{name}.dtype={t.dtype}; use the reference for it"
-        )
+def _check_dtypes(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"the Triton AdaLN kernels support {[str(d) for d in SUPPORTED_DTYPES]}, got "
+                f"{name}.dtype={t.dtype}; use backend='reference' for it"
+            )
 
 
-def _groups(mod: Tensor, x: Tensor) -> int | None:
-    """M (modulation rows) when ``mod`` (already broadcastable to ``x``) broadcasts only over
-    trailing row dimensions of ``x``; None for any other pattern."""
-    padded = (1,) * (x.ndim - mod.ndim) + tuple(mod.shape)
+def _groups(mod_shape: tuple[int, ...], x_shape: tuple[int, ...]) -> int | None:
+    """M (modulation rows) when a modulation of ``mod_shape`` (broadcastable to ``x_shape``)
+    broadcasts only over trailing row dimensions of x; None for any other pattern."""
+    padded = (1,) * (len(x_shape) - len(mod_shape)) + tuple(mod_shape)
     m, broadcasting = 1, False
-    for ms, xs in zip(padded[:-1], x.shape[:-1], strict=True):
+    for ms, xs in zip(padded[:-1], x_shape[:-1], strict=True):
         if xs == 1:
             continue
         if ms == 1:
@@ -184,15 +224,17 @@ def _groups(mod: Tensor, x: Tensor) -> int | None:
 
 
 class _Plan:
-    """How ``x`` [.., D] and its modulation tensors map onto the kernel grid."""
+    """How ``x`` [.., D] and its modulation tensors map onto the kernel grid (shapes only, so the
+    backward rebuilds the forward's plan)."""
 
-    def __init__(self, x: Tensor, mods: list[Tensor]):
-        self.d = x.shape[-1]
+    def __init__(self, x_shape: torch.Size, mod_shapes: list[torch.Size], device: torch.device):
+        self.x_shape = tuple(x_shape)
+        self.d = self.x_shape[-1]
         if self.d > MAX_DIM:
             raise ValueError(f"the Triton AdaLN kernels need dim <= {MAX_DIM}, got x.shape[-1]={self.d}")
-        self.rows = x.numel() // max(self.d, 1)
-        self.shapes = [m.shape for m in mods]
-        ms = {_groups(m, x) for m in mods}
+        self.rows = math.prod(self.x_shape[:-1])
+        self.shapes = [tuple(s) for s in mod_shapes]
+        ms = {_groups(s, self.x_shape) for s in self.shapes}
         self.expanded = len(ms) != 1 or None in ms
         self.m = self.rows if self.expanded else ms.pop()
         self.g = self.rows // self.m if self.m else 0
@@ -200,17 +242,24 @@ class _Plan:
         self.block_rows = max(1, min(triton.next_power_of_2(max(self.g, 1)), _TILE // self.block_d))
         chunks = triton.cdiv(self.g, self.block_rows) if self.g else 1
         target = CPU_TARGET_PROGRAMS
-        if x.is_cuda:
-            target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        if device.type == "cuda":
+            target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
         self.p = max(1, min(chunks, math.ceil(target / max(self.m, 1))))
         rows_per_prog = triton.cdiv(max(self.g, 1), self.p)
         self.rows_per_prog = triton.cdiv(rows_per_prog, self.block_rows) * self.block_rows
         self.p = triton.cdiv(max(self.g, 1), self.rows_per_prog)
-        self.x_shape = x.shape
 
     @property
     def grid(self) -> tuple[int, int]:
         return (self.m, self.p)
+
+    @property
+    def empty(self) -> bool:
+        return self.rows * self.d == 0
+
+    def flat(self, t: Tensor) -> Tensor:
+        """A tensor of x's shape as a contiguous ``[rows, D]`` matrix."""
+        return t.reshape(self.rows, self.d).contiguous()
 
     def flat_mod(self, mod: Tensor) -> Tensor:
         if self.expanded:
@@ -222,109 +271,126 @@ class _Plan:
         grad = partial.sum(1)
         shape = self.shapes[i]
         if self.expanded:
-            padded = (1,) * (len(self.x_shape) - len(shape)) + tuple(shape)
+            padded = (1,) * (len(self.x_shape) - len(shape)) + shape
             grad = grad.view(self.x_shape).sum_to_size(padded)
         return grad.reshape(shape).to(dtype)
 
 
-class AdaLNModulateTriton(torch.autograd.Function):
-    """``LayerNorm(x) * (1 + scale) + shift`` (no affine) with fused Triton forward and backward."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
-        check_float("x", x)
-        shift_b = as_broadcast("shift", shift, x)
-        scale_b = as_broadcast("scale", scale, x)
-        for name, t in (("x", x), ("shift", shift), ("scale", scale)):
-            _check_dtype(name, t)
-        plan = _Plan(x, [shift_b, scale_b])
-        xf = x.reshape(-1, plan.d).contiguous()
-        sh = plan.flat_mod(shift_b)
-        sc = plan.flat_mod(scale_b)
-        y = torch.empty_like(xf)
-        mean = torch.empty(plan.rows, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        if xf.numel():
-            _adaln_fwd_kernel[plan.grid](
-                xf, sh, sc, y, mean, rstd, plan.g, plan.d, plan.rows_per_prog, float(eps),
-                BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d,
-            )
-        ctx.save_for_backward(xf, sc, mean, rstd)
-        ctx.plan = plan
-        ctx.dtypes = (shift.dtype, scale.dtype)
-        ctx.orig_shapes = (shift.shape, scale.shape)
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        xf, sc, mean, rstd = ctx.saved_tensors
-        plan: _Plan = ctx.plan
-        dy = dy.reshape(-1, plan.d).contiguous()
-        dx = torch.empty_like(xf)
-        parts = torch.zeros(2, plan.m, plan.p, plan.d, device=xf.device, dtype=torch.float32)
-        if xf.numel():
-            _adaln_bwd_kernel[plan.grid](
-                dy, xf, sc, mean, rstd, dx, parts[0], parts[1],
-                plan.g, plan.d, plan.rows_per_prog, plan.p,
-                BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d,
-            )
-        dshift = plan.mod_grad(parts[0], 0, ctx.dtypes[0]).reshape(ctx.orig_shapes[0])
-        dscale = plan.mod_grad(parts[1], 1, ctx.dtypes[1]).reshape(ctx.orig_shapes[1])
-        return dx.view(plan.x_shape), dshift, dscale, None
+def adaln_modulate_forward_triton(
+    x: Tensor, shift: Tensor, scale: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd)``: y in x's dtype, mean and rstd ``[*batch]`` fp32."""
+    _check_dtypes(x=x, shift=shift, scale=scale)
+    plan = _Plan(x.shape, [shift.shape, scale.shape], x.device)
+    xf = plan.flat(x)
+    y = torch.empty_like(xf)
+    mean = torch.empty(plan.rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    if not plan.empty:
+        _adaln_fwd_kernel[plan.grid](
+            xf,
+            plan.flat_mod(shift),
+            plan.flat_mod(scale),
+            y,
+            mean,
+            rstd,
+            plan.g,
+            plan.d,
+            plan.rows_per_prog,
+            float(eps),
+            BLOCK_ROWS=plan.block_rows,
+            BLOCK_D=plan.block_d,
+        )
+    return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
 
 
-class GatedResidualTriton(torch.autograd.Function):
-    """``x + gate * h`` with Triton forward and backward (``gate`` broadcast like AdaLN's)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, gate: Tensor, h: Tensor) -> Tensor:
-        check_float("x", x)
-        check_float("h", h)
-        gate_b = as_broadcast("gate", gate, x)
-        if h.shape != x.shape:
-            raise ValueError(
-                f"h has shape {tuple(h.shape)} but x has shape {tuple(x.shape)}; they must match"
-            )
-        for name, t in (("x", x), ("gate", gate), ("h", h)):
-            _check_dtype(name, t)
-        plan = _Plan(x, [gate_b])
-        xf = x.reshape(-1, plan.d).contiguous()
-        hf = h.reshape(-1, plan.d).contiguous()
-        gf = plan.flat_mod(gate_b)
-        y = torch.empty_like(xf)
-        if xf.numel():
-            _gated_fwd_kernel[plan.grid](
-                xf, gf, hf, y, plan.g, plan.d, plan.rows_per_prog,
-                BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d,
-            )
-        ctx.save_for_backward(gf, hf)
-        ctx.plan = plan
-        ctx.meta = (x.dtype, gate.dtype, gate.shape)
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        gf, hf = ctx.saved_tensors
-        plan: _Plan = ctx.plan
-        x_dtype, gate_dtype, gate_shape = ctx.meta
-        dy = dy.reshape(-1, plan.d).contiguous()
-        dh = torch.empty_like(hf)
-        part = torch.zeros(plan.m, plan.p, plan.d, device=hf.device, dtype=torch.float32)
-        if hf.numel():
-            _gated_bwd_kernel[plan.grid](
-                dy, gf, hf, dh, part, plan.g, plan.d, plan.rows_per_prog, plan.p,
-                BLOCK_ROWS=plan.block_rows, BLOCK_D=plan.block_d,
-            )
-        dx = dy.to(x_dtype).view(plan.x_shape)
-        dgate = plan.mod_grad(part, 0, gate_dtype).reshape(gate_shape)
-        return dx, dgate, dh.view(plan.x_shape)
+def adaln_modulate_backward_triton(
+    dy: Tensor,
+    x: Tensor,
+    scale: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    shift_shape: tuple[int, ...],
+    shift_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dshift, dscale)``; ``shift`` is needed only for its shape and dtype."""
+    _check_dtypes(x=x, scale=scale)
+    plan = _Plan(x.shape, [shift_shape, scale.shape], x.device)
+    xf = plan.flat(x)
+    dx = torch.empty_like(xf)
+    parts = torch.zeros(2, plan.m, plan.p, plan.d, device=x.device, dtype=torch.float32)
+    if not plan.empty:
+        _adaln_bwd_kernel[plan.grid](
+            plan.flat(dy.to(x.dtype)),
+            xf,
+            plan.flat_mod(scale),
+            mean.reshape(-1).float().contiguous(),
+            rstd.reshape(-1).float().contiguous(),
+            dx,
+            parts[0],
+            parts[1],
+            plan.g,
+            plan.d,
+            plan.rows_per_prog,
+            plan.p,
+            BLOCK_ROWS=plan.block_rows,
+            BLOCK_D=plan.block_d,
+        )
+    dshift = plan.mod_grad(parts[0], 0, shift_dtype)
+    dscale = plan.mod_grad(parts[1], 1, scale.dtype)
+    return dx.view(x.shape), dshift, dscale
 
 
-def adaln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
-    """``LayerNorm(x) * (1 + scale) + shift`` through ``AdaLNModulateTriton``."""
-    return AdaLNModulateTriton.apply(x, shift, scale, eps)
+def gated_residual_forward_triton(x: Tensor, gate: Tensor, h: Tensor) -> Tensor:
+    """``x + gate * h`` in x's dtype."""
+    _check_dtypes(x=x, gate=gate, h=h)
+    plan = _Plan(x.shape, [gate.shape], x.device)
+    xf = plan.flat(x)
+    y = torch.empty_like(xf)
+    if not plan.empty:
+        _gated_fwd_kernel[plan.grid](
+            xf,
+            plan.flat_mod(gate),
+            plan.flat(h),
+            y,
+            plan.g,
+            plan.d,
+            plan.rows_per_prog,
+            BLOCK_ROWS=plan.block_rows,
+            BLOCK_D=plan.block_d,
+        )
+    return y.view(x.shape)
 
 
-def gated_residual_triton(x: Tensor, gate: Tensor, h: Tensor) -> Tensor:
-    """``x + gate * h`` through ``GatedResidualTriton``."""
-    return GatedResidualTriton.apply(x, gate, h)
+def gated_residual_backward_triton(dy: Tensor, gate: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dgate, dh)``; the gradient of x is ``dy`` itself (the caller passes it on)."""
+    _check_dtypes(gate=gate, h=h)
+    plan = _Plan(h.shape, [gate.shape], h.device)
+    hf = plan.flat(h)
+    dh = torch.empty_like(hf)
+    part = torch.zeros(plan.m, plan.p, plan.d, device=h.device, dtype=torch.float32)
+    if not plan.empty:
+        _gated_bwd_kernel[plan.grid](
+            plan.flat(dy),
+            plan.flat_mod(gate),
+            hf,
+            dh,
+            part,
+            plan.g,
+            plan.d,
+            plan.rows_per_prog,
+            plan.p,
+            BLOCK_ROWS=plan.block_rows,
+            BLOCK_D=plan.block_d,
+        )
+    return plan.mod_grad(part, 0, gate.dtype), dh.view(h.shape)
+
+
+ADALN_MODULATE_KERNELS = {
+    "forward": adaln_modulate_forward_triton,
+    "backward": adaln_modulate_backward_triton,
+}
+GATED_RESIDUAL_KERNELS = {
+    "forward": gated_residual_forward_triton,
+    "backward": gated_residual_backward_triton,
+}

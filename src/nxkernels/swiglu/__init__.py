@@ -1,9 +1,17 @@
 """SwiGLU: ``swiglu(gate, up) = silu(gate) * up``, the gated activation of Qwen2.5 / NextStep-1 MLPs.
 
-``swiglu`` is the pure-PyTorch reference for now (``nxkernels.swiglu.reference``); the dispatcher
-puts the Triton backend (``swiglu_triton``, forward and backward kernels) behind this same signature.
-``swiglu_triton`` imports triton only when first called. ``ATOL``/``RTOL`` are the per-dtype
-tolerances of the Triton backend against the reference, read by the parity tests.
+    y = swiglu(gate, up)        # [*batch, hidden], [*batch, hidden] -> [*batch, hidden]
+
+Backends, in priority order: ``triton`` (CUDA tensors; CPU tensors only when pinned, under
+``TRITON_INTERPRET=1``), ``reference`` (plain torch, fp32 math; see ``reference.py``). The choice
+follows ``nxkernels.dispatch`` (``backend=``, ``use_backend``, ``NX_KERNELS``). The op is the
+``torch.library`` custom op ``nxkernels::swiglu_fwd`` (with ``nxkernels::swiglu_bwd`` for its
+backward), so it traces under ``torch.compile`` and passes ``torch.library.opcheck``. Backends take
+tensors of any strides; the ops return contiguous tensors.
+
+Shape legend:
+    batch   any leading dimensions (batch, tokens, ...), possibly none
+    hidden  the MLP's intermediate width
 """
 
 from __future__ import annotations
@@ -16,31 +24,79 @@ from nxkernels.dispatch import Backend, Op, triton_reasons
 from nxkernels.swiglu.reference import check_swiglu_inputs, swiglu_reference
 from nxkernels.typecheck import typecheck
 
-__all__ = ["ATOL", "RTOL", "SWIGLU", "swiglu", "swiglu_reference", "swiglu_triton"]
-
-# Both sides compute in fp32 and round once to the output dtype, so they differ by about one unit
-# in the last place of that dtype (fp32 gradients: a few ulps from the different operation order).
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
+__all__ = ["SWIGLU", "swiglu", "swiglu_reference"]
 
 _HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 _ALL = (*_HALF_AND_FLOAT, torch.float64)
 
-# Backends in priority order (nxkernels.dispatch): Triton on CUDA (on CPU only when pinned, under
-# TRITON_INTERPRET=1), then the reference.
 SWIGLU = Op(
     "swiglu",
     backends=(
-        Backend("triton", "nxkernels.swiglu.triton:swiglu_triton", devices=("cuda", "cpu"),
-                dtypes=_HALF_AND_FLOAT, atol=ATOL, rtol=RTOL, available=triton_reasons,
-                auto_devices=("cuda",), description="fused forward + backward (SwiGLUTriton)"),
-        Backend("reference", "nxkernels.swiglu.reference:swiglu_reference",
-                devices=("cpu", "cuda", "mps", "xpu"), dtypes=_ALL, atol=dict.fromkeys(_ALL, 0.0),
-                rtol=dict.fromkeys(_ALL, 0.0), description="plain torch, fp32 math (the oracle)"),
+        Backend(
+            "triton",
+            "nxkernels.swiglu.triton:KERNELS",
+            devices=("cuda", "cpu"),
+            dtypes=_HALF_AND_FLOAT,
+            # Both sides compute in fp32 and round once to the output dtype: about one ulp of that
+            # dtype apart (fp32: a few ulps from the different operation order).
+            atol={torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2},
+            rtol={torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2},
+            available=triton_reasons,
+            auto_devices=("cuda",),
+            description="fused forward + backward (the backward recomputes the sigmoid)",
+        ),
+        Backend(
+            "reference",
+            "nxkernels.swiglu.reference:KERNELS",
+            devices=("cpu", "cuda", "mps", "xpu"),
+            dtypes=_ALL,
+            atol=dict.fromkeys(_ALL, 0.0),
+            rtol=dict.fromkeys(_ALL, 0.0),
+            description="plain torch, fp32 math (the oracle)",
+        ),
     ),
     shape_class=lambda gate, up: (gate.shape[-1] if gate.ndim else 0,),
 )
+
+
+def _kernels(backend: str) -> dict:
+    return SWIGLU.backend(backend).load()
+
+
+@torch.library.custom_op("nxkernels::swiglu_fwd", mutates_args=())
+def _swiglu_fwd(gate: Tensor, up: Tensor, backend: str) -> Tensor:
+    return _kernels(backend)["forward"](gate, up).contiguous()
+
+
+@_swiglu_fwd.register_fake
+def _(gate, up, backend):
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("nxkernels::swiglu_bwd", mutates_args=())
+def _swiglu_bwd(dy: Tensor, gate: Tensor, up: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    dg, du = _kernels(backend)["backward"](dy, gate, up)
+    return dg.contiguous(), du.contiguous()
+
+
+@_swiglu_bwd.register_fake
+def _(dy, gate, up, backend):
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    gate, up, backend = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.backend = backend
+
+
+def _backward(ctx, dy):
+    gate, up = ctx.saved_tensors
+    dg, du = torch.ops.nxkernels.swiglu_bwd(dy, gate, up, ctx.backend)
+    return dg, du, None
+
+
+_swiglu_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 @typecheck
@@ -50,13 +106,11 @@ def swiglu(
     *,
     backend: str | None = None,
 ) -> Float[Tensor, "*batch hidden"]:
-    """``silu(gate) * up`` in the inputs' dtype (fp32 math); ``backend`` pins a backend."""
+    """``silu(gate) * up`` in the inputs' dtype (fp32 math), differentiable in both.
+
+    ``backend`` pins a backend (``"triton"``, ``"reference"``); a pinned backend that cannot run
+    raises ValueError with its reasons.
+    """
     check_swiglu_inputs(gate, up)
-    return SWIGLU.select(gate, up, backend=backend).load()(gate, up)
-
-
-def swiglu_triton(gate: Tensor, up: Tensor) -> Tensor:
-    """``silu(gate) * up`` with the Triton forward and backward kernels (``SwiGLUTriton``)."""
-    from nxkernels.swiglu.triton import swiglu_triton as _impl
-
-    return _impl(gate, up)
+    chosen = SWIGLU.select(gate, up, backend=backend)
+    return torch.ops.nxkernels.swiglu_fwd(gate, up, chosen.name)

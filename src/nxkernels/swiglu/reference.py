@@ -1,5 +1,11 @@
 """SwiGLU, the reference: ``silu(gate) * up`` in plain torch with fp32 math (fp64 for fp64 input),
-result in the input dtype. It is the oracle for every fused backend.
+result in the input dtype. ``swiglu_reference`` (plain autograd) is the oracle for every backend;
+``KERNELS`` is the same math as the reference backend of the custom op: a forward and an analytic
+backward, neither recorded by autograd.
+
+    y  = silu(g) * u,   silu(g) = g * s,  s = sigmoid(g)
+    du = dy * silu(g)
+    dg = dy * u * s * (1 + g * (1 - s))
 
 Shape legend:
     batch   any leading dimensions (batch, tokens, ...), possibly none
@@ -14,7 +20,13 @@ from torch import Tensor
 
 from nxkernels.typecheck import typecheck
 
-__all__ = ["check_swiglu_inputs", "swiglu_reference"]
+__all__ = [
+    "KERNELS",
+    "check_swiglu_inputs",
+    "swiglu_backward_reference",
+    "swiglu_forward_reference",
+    "swiglu_reference",
+]
 
 
 def check_swiglu_inputs(gate: object, up: object) -> None:
@@ -27,6 +39,8 @@ def check_swiglu_inputs(gate: object, up: object) -> None:
                 f"{name} must have a floating-point dtype, got {t.dtype}; convert it with .float()"
             )
     assert isinstance(gate, Tensor) and isinstance(up, Tensor)
+    if gate.ndim < 1:
+        raise ValueError("gate must have at least one dimension ([*batch, hidden]), got a 0-d tensor")
     if gate.shape != up.shape:
         raise ValueError(
             f"gate has shape {tuple(gate.shape)} but up has shape {tuple(up.shape)}; they must match "
@@ -40,12 +54,35 @@ def check_swiglu_inputs(gate: object, up: object) -> None:
         raise ValueError(f"gate is on {gate.device} but up is on {up.device}; move one with .to()")
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 @typecheck
 def swiglu_reference(
     gate: Float[Tensor, "*batch hidden"], up: Float[Tensor, "*batch hidden"]
 ) -> Float[Tensor, "*batch hidden"]:
     """``silu(gate) * up``, computed in fp32 (fp64 for fp64), returned in the inputs' dtype."""
     check_swiglu_inputs(gate, up)
-    compute = torch.promote_types(gate.dtype, torch.float32)
+    compute = _compute_dtype(gate.dtype)
     out = torch.nn.functional.silu(gate.to(compute)) * up.to(compute)
     return out.to(gate.dtype)
+
+
+def swiglu_forward_reference(gate: Tensor, up: Tensor) -> Tensor:
+    """Backend form (any shape, ``gate.shape == up.shape``): ``silu(gate) * up`` in gate's dtype."""
+    compute = _compute_dtype(gate.dtype)
+    return (torch.nn.functional.silu(gate.to(compute)) * up.to(compute)).to(gate.dtype)
+
+
+def swiglu_backward_reference(dy: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of ``silu(gate) * up`` w.r.t. ``gate`` and ``up``, analytically (fp32 math)."""
+    compute = _compute_dtype(gate.dtype)
+    g, u, dyf = gate.to(compute), up.to(compute), dy.to(compute)
+    s = torch.sigmoid(g)
+    dg = dyf * u * s * (1 + g * (1 - s))
+    du = dyf * (g * s)
+    return dg.to(gate.dtype), du.to(up.dtype)
+
+
+KERNELS = {"forward": swiglu_forward_reference, "backward": swiglu_backward_reference}

@@ -1,4 +1,5 @@
-"""SwiGLU in Triton: a forward kernel and a backward kernel behind ``SwiGLUTriton``.
+"""SwiGLU in Triton: a forward kernel and a backward kernel, launched by the raw (autograd-free)
+functions in ``KERNELS`` that the custom ops ``nxkernels::swiglu_fwd``/``swiglu_bwd`` call.
 
 Rows (all leading dimensions) are flattened; each program owns a ``BLOCK_ROWS x BLOCK_COLS`` tile of
 the ``[rows, hidden]`` matrix, with masks for sizes that are not multiples of the block. Loads are
@@ -15,14 +16,14 @@ Importing this module imports triton; set ``TRITON_INTERPRET=1`` first to run on
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from nxkernels.swiglu.reference import check_swiglu_inputs
-
-__all__ = ["SUPPORTED_DTYPES", "SwiGLUTriton", "swiglu_triton"]
+__all__ = ["KERNELS", "SUPPORTED_DTYPES", "swiglu_backward_triton", "swiglu_forward_triton"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 4096  # elements per program tile (BLOCK_ROWS * BLOCK_COLS)
@@ -30,8 +31,9 @@ _MAX_COLS = 1024
 
 
 @triton.jit
-def _swiglu_fwd_kernel(g_ptr, u_ptr, y_ptr, n_rows, n_cols,
-                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+def _swiglu_fwd_kernel(
+    g_ptr, u_ptr, y_ptr, n_rows, n_cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
@@ -43,8 +45,9 @@ def _swiglu_fwd_kernel(g_ptr, u_ptr, y_ptr, n_rows, n_cols,
 
 
 @triton.jit
-def _swiglu_bwd_kernel(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n_rows, n_cols,
-                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+def _swiglu_bwd_kernel(
+    dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n_rows, n_cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
@@ -67,49 +70,42 @@ def _blocks(n_rows: int, n_cols: int) -> tuple[int, int, tuple[int, int]]:
     return block_rows, block_cols, grid
 
 
-def _check_triton_inputs(gate: Tensor, up: Tensor) -> None:
-    check_swiglu_inputs(gate, up)
-    if gate.dtype not in SUPPORTED_DTYPES:
+def _check_dtype(t: Tensor) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
-            f"the Triton SwiGLU supports {[str(d) for d in SUPPORTED_DTYPES]}, got gate.dtype="
-            f"{gate.dtype}; use swiglu_reference for it"
+            f"the Triton SwiGLU supports {[str(d) for d in SUPPORTED_DTYPES]}, got {t.dtype}; "
+            "use backend='reference' for it"
         )
-    if gate.ndim < 1:
-        raise ValueError("gate must have at least one dimension (hidden), got a 0-d tensor")
 
 
-class SwiGLUTriton(torch.autograd.Function):
-    """``silu(gate) * up`` with Triton kernels for forward and backward."""
-
-    @staticmethod
-    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
-        _check_triton_inputs(gate, up)
-        shape = gate.shape
-        n_cols = shape[-1]
-        g = gate.reshape(-1, n_cols).contiguous()
-        u = up.reshape(-1, n_cols).contiguous()
-        y = torch.empty_like(g)
-        n_rows = g.shape[0]
-        if g.numel():
-            br, bc, grid = _blocks(n_rows, n_cols)
-            _swiglu_fwd_kernel[grid](g, u, y, n_rows, n_cols, BLOCK_ROWS=br, BLOCK_COLS=bc)
-        ctx.save_for_backward(g, u)
-        ctx.shape = shape
-        return y.view(shape)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor]:
-        g, u = ctx.saved_tensors
-        n_rows, n_cols = g.shape
-        dy = dy.reshape(n_rows, n_cols).to(g.dtype).contiguous()
-        dg = torch.empty_like(g)
-        du = torch.empty_like(u)
-        if g.numel():
-            br, bc, grid = _blocks(n_rows, n_cols)
-            _swiglu_bwd_kernel[grid](dy, g, u, dg, du, n_rows, n_cols, BLOCK_ROWS=br, BLOCK_COLS=bc)
-        return dg.view(ctx.shape), du.view(ctx.shape)
+def _rows(t: Tensor) -> Tensor:
+    """``t`` as a contiguous ``[rows, hidden]`` matrix (zero rows allowed)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1]).contiguous()
 
 
-def swiglu_triton(gate: Tensor, up: Tensor) -> Tensor:
-    """``silu(gate) * up`` through ``SwiGLUTriton`` (differentiable in both inputs)."""
-    return SwiGLUTriton.apply(gate, up)
+def swiglu_forward_triton(gate: Tensor, up: Tensor) -> Tensor:
+    """``silu(gate) * up`` in gate's dtype, contiguous, for ``[*batch, hidden]`` input of any strides."""
+    _check_dtype(gate)
+    g, u = _rows(gate), _rows(up)
+    n_rows, n_cols = g.shape
+    y = torch.empty_like(g)
+    if g.numel():
+        br, bc, grid = _blocks(n_rows, n_cols)
+        _swiglu_fwd_kernel[grid](g, u, y, n_rows, n_cols, BLOCK_ROWS=br, BLOCK_COLS=bc)
+    return y.view(gate.shape)
+
+
+def swiglu_backward_triton(dy: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients w.r.t. ``gate`` and ``up`` (contiguous); the sigmoid is recomputed."""
+    _check_dtype(gate)
+    g, u, d = _rows(gate), _rows(up), _rows(dy.to(gate.dtype))
+    n_rows, n_cols = g.shape
+    dg = torch.empty_like(g)
+    du = torch.empty_like(u)
+    if g.numel():
+        br, bc, grid = _blocks(n_rows, n_cols)
+        _swiglu_bwd_kernel[grid](d, g, u, dg, du, n_rows, n_cols, BLOCK_ROWS=br, BLOCK_COLS=bc)
+    return dg.view(gate.shape), du.view(up.shape)
+
+
+KERNELS = {"forward": swiglu_forward_triton, "backward": swiglu_backward_triton}
