@@ -15,6 +15,8 @@ Dimension legend (the names used in every jaxtyping annotation of the three pack
     height, width   image pixels
     channels    image or latent channels
     code_dim    width of one codebook vector
+    codes       codewords of a codebook (K);  sem_dim, pix_dim: the two halves of a dual codebook
+    topk        candidates kept per row (nearest codewords, sampled tokens)
     latent_dim  width of one continuous image token (NextStep-1: 64)
 
 Checking: ``typecheck`` wraps a function with jaxtyping + beartype when the environment variable
