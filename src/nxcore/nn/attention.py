@@ -12,6 +12,11 @@ coordinates per position.
     k, v = cache.append(k, v)                              (with a cache)
     out = o_proj(softmax(q k^T / sqrt(head_dim) + mask) v)
 
+Block-causal sequences (interleaved text and next-scale images): pass ``blocks``, a
+``nxkernels.scale_attention.ScaleBlocks`` built once per batch layout with
+``ScaleBlocks.of(layout.attention_blocks())`` (an ``AttentionBlocks`` is converted on every call).
+The ``scale_attention`` op then runs it without a [seq, seq] mask.
+
 Masks: ``attn_mask`` is boolean, True = attend, shaped [seq, kv] or [batch or 1, heads or 1, seq,
 kv]. ``is_causal=True`` adds causality aligned bottom-right: query i (the last ``seq`` of ``kv``
 positions) sees keys j <= kv - seq + i, which is what decoding after a prefill needs. Both may be
@@ -22,8 +27,8 @@ Parameter names follow Hugging Face Qwen2 / Qwen3 (``q_proj``, ``k_proj``, ``v_p
 ``q_norm``, ``k_norm``), so official checkpoints load without remapping. Qwen2 has biases on q/k/v
 and none on o: ``Attention(..., qkv_bias=True)``.
 
-The attention core is ``_attend`` (``torch.nn.functional.scaled_dot_product_attention``); it is
-the single place to route a fused kernel through.
+The attention core is ``_attend``: ``scale_attention`` for ``blocks``, ``decode_attention`` (SDPA
+without a mask, bottom-right causal when asked) otherwise, masked SDPA for an explicit mask.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nxcore.checks import check_tensor
+from nxcore.layout import AttentionBlocks
 from nxcore.nn._checks import check_dim, check_eps, check_flag, check_width
 from nxcore.nn.cache import KVCache
 from nxcore.nn.norm import RMSNorm
 from nxcore.position.protocol import RotaryPositionalEncoder
 from nxcore.typing import Bool, Float, typecheck
+from nxkernels.scale_attention import ScaleBlocks, decode_attention, scale_attention
 
 __all__ = ["Attention", "causal_mask"]
 
@@ -58,8 +65,13 @@ def _attend(
     *,
     mask: Bool[Tensor, "..."] | None,
     is_causal: bool,
+    blocks: ScaleBlocks | None = None,
 ) -> Float[Tensor, "batch heads seq head_dim"]:
     """softmax(q k^T / sqrt(head_dim) [masked]) v with kv heads shared by groups of query heads."""
+    if blocks is not None:
+        return scale_attention(q, k, v, blocks)
+    if mask is None:
+        return decode_attention(q, k, v, causal=is_causal)
     if is_causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(
             f"is_causal=True needs as many queries as keys, got {q.shape[-2]} queries and {k.shape[-2]} "
@@ -170,12 +182,14 @@ class Attention(nn.Module):
         attn_mask: Bool[Tensor, "..."] | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        blocks: ScaleBlocks | AttentionBlocks | None = None,
     ) -> Float[Tensor, "batch seq dim"]:
         """Attend ``x`` to itself (and to the cached tokens); ``positions`` are those of ``x``'s tokens."""
         check_width(self, "x", x, self.dim)
         check_tensor("x", x, ndim=3)
         check_flag("is_causal", is_causal)
         batch, seq, _ = x.shape
+        blocks = self._check_blocks(blocks, seq, attn_mask, is_causal, cache)
         self._check_positions(positions, seq)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
@@ -190,12 +204,38 @@ class Attention(nn.Module):
             q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
         if cache is not None:
             k, v = cache.append(k, v)
-        if is_causal and (mask is not None or seq != kv):
+        if is_causal and mask is not None:
             causal = causal_mask(seq, kv, device=x.device)
             mask = causal if mask is None else mask & causal
             is_causal = False
-        out = _attend(q, k, v, mask=mask, is_causal=is_causal)
+        out = _attend(q, k, v, mask=mask, is_causal=is_causal, blocks=blocks)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+    @staticmethod
+    def _check_blocks(
+        blocks: object, seq: int, attn_mask: object, is_causal: bool, cache: KVCache | None
+    ) -> ScaleBlocks | None:
+        if blocks is None:
+            return None
+        if attn_mask is not None or is_causal or cache is not None:
+            raise ValueError(
+                "blocks describes the whole attention pattern of an uncached sequence; pass it alone "
+                "(without attn_mask, is_causal or cache); decode steps after a prefill take "
+                "is_causal (text) or nothing (a whole scale)"
+            )
+        if not isinstance(blocks, ScaleBlocks):
+            if not all(hasattr(blocks, name) for name in ("starts", "ends", "causal")):
+                raise TypeError(
+                    f"blocks must be a ScaleBlocks (ScaleBlocks.of(layout.attention_blocks())), got "
+                    f"{type(blocks).__name__}"
+                )
+            blocks = ScaleBlocks.of(blocks)
+        if blocks.length != seq:
+            raise ValueError(
+                f"blocks cover {blocks.length} tokens but x has seq = {seq}; build them from the "
+                "layout of this batch"
+            )
+        return blocks
 
     def _check_positions(self, positions: object, seq: int) -> None:
         if self.rope is None:

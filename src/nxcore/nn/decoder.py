@@ -28,6 +28,7 @@ import attrs
 from torch import Tensor, nn
 
 from nxcore.config import Config, config, finite_number, integer
+from nxcore.layout import AttentionBlocks
 from nxcore.nn._checks import check_eps
 from nxcore.nn.attention import Attention
 from nxcore.nn.cache import KVCache
@@ -35,6 +36,7 @@ from nxcore.nn.mlp import SwiGLUMLP
 from nxcore.nn.norm import RMSNorm
 from nxcore.position.protocol import RotaryPositionalEncoder
 from nxcore.typing import Bool, Float, typecheck
+from nxkernels.scale_attention import ScaleBlocks
 
 __all__ = ["DecoderLayer", "DecoderLayerConfig"]
 
@@ -73,18 +75,21 @@ class DecoderLayer(nn.Module):
         attn_mask: Bool[Tensor, "..."] | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        blocks: ScaleBlocks | AttentionBlocks | None = None,
     ) -> (
         Float[Tensor, "batch seq dim"] | tuple[Float[Tensor, "batch seq dim"], Float[Tensor, "batch seq dim"]]
     ):
         """The layer's output, or ``(mlp_out, residual_stream)`` when ``residual`` is given.
 
-        ``positions``, ``attn_mask``, ``is_causal`` and ``cache`` go to ``self_attn``.
+        ``positions``, ``attn_mask``, ``is_causal``, ``cache`` and ``blocks`` go to ``self_attn``.
         """
         if residual is None:
             stream, normed = x, self.input_layernorm(x)
         else:
             normed, stream = self.input_layernorm(x, residual)
-        attended = self.self_attn(normed, positions, attn_mask=attn_mask, is_causal=is_causal, cache=cache)
+        attended = self.self_attn(
+            normed, positions, attn_mask=attn_mask, is_causal=is_causal, cache=cache, blocks=blocks
+        )
         normed, stream = self.post_attention_layernorm(attended, stream)
         out = self.mlp(normed)
         return stream + out if residual is None else (out, stream)

@@ -233,13 +233,14 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_attend_refuses_top_left_causality():
-    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
+def test_attend_aligns_causality_bottom_right_when_lengths_differ():
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    want = _attend(q, k, v, mask=causal_mask(3, 5), is_causal=False)
+    torch.testing.assert_close(_attend(q, k, v, mask=None, is_causal=True), want)
     with pytest.raises(
-        ValueError,
-        match=r"is_causal=True needs as many queries as keys, got 3 queries and 5 keys; pass the bottom-right causal_mask",
+        ValueError, match=r"is_causal=True needs as many queries as keys, got 3 queries and 5 keys"
     ):
-        _attend(q, k, k, mask=None, is_causal=True)
+        _attend(q, k, v, mask=torch.ones(3, 5, dtype=torch.bool), is_causal=True)
 
 
 def test_causal_mask_is_bottom_right():
@@ -334,3 +335,39 @@ def test_positions_without_rope_are_refused():
         ValueError, match=r"positions were given but this Attention has no rotary encoder \(rope=None\)"
     ):
         make(2, rope=False)(torch.randn(1, 3, 32), positions(3))
+
+
+def interleaved_layout():
+    from nxcore.layout import DiscreteImage, SequenceLayout, TextSpan
+    from nxcore.schedule import derived_schedule
+
+    return SequenceLayout.of(TextSpan(3), DiscreteImage(derived_schedule((3, 2), 3)), TextSpan(2))
+
+
+@pytest.mark.parametrize("ratio", [1, 4])
+def test_layout_blocks_equal_the_layout_mask(ratio):
+    from nxkernels.scale_attention import ScaleBlocks
+
+    layout = interleaved_layout()
+    attn = make(ratio, qk_norm=True)
+    n = layout.length
+    x = torch.randn(2, n, 32, requires_grad=True)
+    want = attn(x, positions(n), attn_mask=layout.attention_mask())
+    got = attn(x, positions(n), blocks=ScaleBlocks.of(layout.attention_blocks()))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    # An AttentionBlocks is accepted as is (converted on the call).
+    torch.testing.assert_close(attn(x, positions(n), blocks=layout.attention_blocks()), want)
+
+
+def test_blocks_refuse_a_mask_and_a_wrong_length():
+    layout = interleaved_layout()
+    attn = make(2)
+    n = layout.length
+    x = torch.randn(1, n, 32)
+    with pytest.raises(ValueError, match="pass it alone"):
+        attn(x, positions(n), blocks=layout.attention_blocks(), is_causal=True)
+    with pytest.raises(ValueError, match=f"blocks cover {n} tokens but x has seq = {n - 1}"):
+        attn(x[:, 1:], positions(n - 1), blocks=layout.attention_blocks())
+    with pytest.raises(TypeError, match="blocks must be a ScaleBlocks"):
+        attn(x, positions(n), blocks=[1, 2])
