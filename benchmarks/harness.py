@@ -6,6 +6,8 @@ backward pass is timed too.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import statistics
 import time
@@ -13,6 +15,36 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # pragma: no cover - not glibc
+    _LIBC = None
+
+
+def status_mb(key: str) -> float:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> float:
+    """Free what can be freed (gc, ``malloc_trim``), reset the peak RSS (``VmHWM``) through
+    ``/proc/self/clear_refs``; returns the current RSS in MiB, the baseline for ``peak_rss_since``."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_mb("VmRSS")
+
+
+def peak_rss_since(base: float) -> float:
+    """MiB the process's peak RSS rose above ``base`` since ``reset_peak_rss``."""
+    return status_mb("VmHWM") - base
 
 
 def step(fn: Callable, tensors, dy, backward: bool) -> None:

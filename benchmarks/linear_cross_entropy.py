@@ -30,8 +30,6 @@ median ms from ``triton.testing.do_bench``, peak MiB from ``torch.cuda.max_memor
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import platform
 import statistics
@@ -40,7 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from harness import markdown, write_json
+from harness import markdown, peak_rss_since, reset_peak_rss, write_json
 
 from nxkernels.linear_cross_entropy import linear_cross_entropy
 from nxkernels.linear_cross_entropy.chunked import LOGITS_CHUNK_BYTES
@@ -95,34 +93,6 @@ def model_rows(n: int = TARGET_TOKENS) -> list[dict]:
 # CPU
 
 
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # pragma: no cover - not glibc
-        return None
-
-
-_LIBC = _libc()
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> float:
-    """Free what can be freed, reset the peak RSS; the current RSS in MiB (the baseline)."""
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_mb("VmRSS")
-
-
 def _cpu_variants(hidden, weight, targets):
     half_ignored = targets.clone()
     half_ignored[::2] = -100
@@ -154,12 +124,12 @@ def run_cpu(tokens, reps: int, threads: int, dtype: torch.dtype, warmup: int) ->
         for rep in range(warmup + reps):  # interleaved, so drift hits every variant alike
             for name, fn in fns.items():
                 hidden.grad = weight.grad = None
-                base = _reset_peak()
+                base = reset_peak_rss()
                 t0 = time.perf_counter()
                 loss = fn()
                 loss.backward()
                 elapsed = (time.perf_counter() - t0) * 1e3
-                peak = _status_mb("VmHWM") - base
+                peak = peak_rss_since(base)
                 losses[name] = loss.item()
                 del loss
                 if rep >= warmup:

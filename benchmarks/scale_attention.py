@@ -4,9 +4,9 @@ schedules of NextFlow Table 14 (levels 256 / 512 / 1024: 900 / 3684 / 10084 toke
 
 CPU: fixed thread count (``--threads``), fp32. Times: the median of ``--reps`` calls after a warm-up,
 dense and split interleaved in one process so that drift in the box's load hits both alike. Memory:
-each (level, variant, mode) runs once more in a fresh subprocess; ``peak_mb`` is its ``ru_maxrss``
-after one call minus its resident size just before the call (torch loaded, inputs allocated), i.e.
-what the call added at its worst. ``dense`` =
+each (level, variant, mode) runs once more in a fresh subprocess; ``peak_mb`` is its peak RSS
+(``VmHWM``, reset after the setup) during one call minus its resident size just before the call
+(torch loaded, inputs allocated), i.e. what the call added at its worst. ``dense`` =
 ``scale_attention(..., backend="reference")`` (SDPA with the ``[seq, seq]`` bool mask), ``split`` =
 ``backend="torch"``; ``speedup`` = dense / split; ``scores`` = the fraction of the ``seq x seq``
 scores the block-causal pattern needs (what an exact split computes).
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import markdown, time_cuda, write_json
+from harness import markdown, peak_rss_since, reset_peak_rss, time_cuda, write_json
 
 from nxcore.schedule import nextflow_schedule
 from nxkernels.scale_attention import SCALE_ATTENTION, ScaleBlocks, scale_attention
@@ -57,11 +56,6 @@ def blocks_for(level: int) -> ScaleBlocks:
 def score_fraction(blocks: ScaleBlocks) -> float:
     n = blocks.length
     return sum((e - s) * e for s, e in zip(blocks.starts, blocks.ends, strict=True)) / (n * n)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def make_inputs(level: int, batch: int, backward: bool):
@@ -87,9 +81,9 @@ def peak_memory(level: int, variant: str, mode: str, threads: int, batch: int) -
     torch.set_num_threads(threads)
     backward = mode != "forward"
     inputs = make_inputs(level, batch, backward)
-    base = _rss_mb()
+    base = reset_peak_rss()  # setup (schedule, blocks, inputs) may have peaked higher than the call
     step(variant, *inputs, backward)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base  # ru_maxrss: KiB on Linux
+    return peak_rss_since(base)
 
 
 def run_cpu(levels, reps: int, threads: int, batch: int) -> list[dict]:
@@ -181,7 +175,8 @@ def main(argv=None) -> dict | None:
         "config": {"quick": args.quick, "levels": list(levels), "reps": reps, "threads": args.threads,
                    "batch": args.batch, "heads": HEADS, "head_dim": HEAD_DIM, "cpu_dtype": "float32",
                    "gpu_dtype": "bfloat16",
-                   "memory": "ru_maxrss of a fresh subprocess per case minus its RSS before the first call"},
+                   "memory": ("VmHWM reset via /proc/self/clear_refs after setup, in a fresh subprocess per "
+                              "case, minus VmRSS before the call")},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "platform": platform.platform(), "processor": platform.processor(),
                         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
