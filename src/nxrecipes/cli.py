@@ -7,6 +7,8 @@
     nx eval --images DIR --prompts JSONL  ShapeEval scores: a table, and JSON with --json
     nx demo [--out DIR]                   what `make demo` runs
     nx plot RUN [RUN ...] [--out PNG]     PNG curves of training metrics (one run, or overlaid)
+    nx tokenizer train|eval|reconstruct   train a tiny image tokenizer, score it, show reconstructions
+    nx data extract --tokenizer DIR --out DIR   per-scale indices of a dataset, sharded on disk
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from nxrecipes.tokenizer.cli import add_extract_command, add_tokenizer_commands
 
 TASKS_HELP = "ShapeWorld task(s): t2i captioning edit interleaved in_context world_knowledge text_only"
 
@@ -121,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder to write")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(run=cmd_export)
+    add_extract_command(data)
 
     evaluate = commands.add_parser("eval", help="score a folder of images against prompts")
     evaluate.add_argument("--images", required=True, help="folder of images")
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys", nargs="+", help="metrics: names, globs (loss/scale_*) or families (loss); default: all"
     )
     plot.set_defaults(run=cmd_plot)
+
+    add_tokenizer_commands(commands)
     return parser
 
 

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from nxrecipes.tokenizer.train import (
+    TokenizerTrainConfig,
+    _calibrate,
+    autoencoder_training_tiny,
+    load_run,
+    multiscale_vq_training_tiny,
+    train_tokenizer,
+)
+from nxrecipes.train.metrics import read_metrics
+from nxrecipes.train.state import list_checkpoints
+
+from .conftest import tiny_run
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_few_autoencoder_steps_lower_the_loss_and_resume_exactly(tmp_path):
+    whole = train_tokenizer(tiny_run(tmp_path / "whole", steps=6, checkpoint_every=4), progress=False)
+    records = read_metrics(tmp_path / "whole")
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert [s for s, _ in list_checkpoints(tmp_path / "whole")] == [4, 6]
+    assert [r["step"] for r in records if "eval/psnr" in r] == [0, 2, 4, 6]
+    assert json.loads((tmp_path / "whole" / "eval.json").read_text())["step"] == 6
+
+    # the same run in two sessions: 3 steps (checkpoints at 2 and 3), then resumed to 6
+    first = train_tokenizer(tiny_run(tmp_path / "split", steps=3), progress=False)
+    second = train_tokenizer(tiny_run(tmp_path / "split", steps=6), progress=False)
+    assert (first.step, second.resumed_from, second.step) == (3, 3, 6)
+    a, b = load_run(tmp_path / "whole"), load_run(tmp_path / "split")
+    assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
+    steps = [r["step"] for r in read_metrics(tmp_path / "split") if "loss" in r]
+    assert steps == list(range(6))  # no step logged twice
+    assert whole.report.psnr == pytest.approx(second.report.psnr)
+
+
+def test_a_few_vq_steps_lower_the_loss_and_log_usage_per_scale(tmp_path):
+    summary = train_tokenizer(tiny_run(tmp_path, "vq", steps=4), progress=False)
+    records = read_metrics(tmp_path)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert {"loss/l2", "loss/codebook", "loss/commitment"} <= set(records[1])
+    usage = [r for r in records if "usage/all" in r]
+    assert [r["step"] for r in usage] == [0, 2, 4]
+    assert {f"usage/scale_{k:02d}" for k in range(4)} <= set(usage[-1])
+    assert summary.report.codes["codebook_size"] == 16
+    run = load_run(tmp_path / "tokenizer")  # the tokenizer directory works too
+    assert type(run.model).__name__ == "MultiScaleVQTokenizer" and not run.model.training
+
+
+def test_run_config_round_trips_json(tmp_path):
+    for cfg in (autoencoder_training_tiny(tmp_path, minutes=2.5), multiscale_vq_training_tiny(tmp_path, steps=7)):
+        assert TokenizerTrainConfig.from_json(cfg.to_json()) == cfg
+    vq = multiscale_vq_training_tiny(tmp_path)
+    assert vq.objective.steps[-1] == (16, 16)  # 64 px / downsample 4
+
+
+def test_a_minute_budget_fixes_the_steps_after_calibration(tmp_path):
+    cfg = tiny_run(tmp_path, steps=10_000, checkpoint_every=0, log_every=5, min_lr_ratio=0.1)
+    cfg = cfg.replace(minutes=0.05, eval_every=1000)
+    summary = train_tokenizer(cfg, progress=False)
+    assert summary.step == summary.total_steps >= 8  # calibrated after 8 updates
+    assert summary.elapsed_s <= 0.05 * 60 * 1.5
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    assert lrs[-1] < lrs[0]  # the cosine decayed over the calibrated number of steps
+
+
+def test_calibration_arithmetic():
+    # after 8 updates of 0.1 s (the first, 0.5 s, is warm-up), 9.6 s of 20 s spent; evaluations of
+    # 1 s every 10 updates add 0.1 s per update; one final evaluation of 1 s
+    total = _calibrate(8, 10_000, 20.0, 9.6, [0.5] + [0.1] * 7, 0.1, 1.0)
+    assert total == 8 + int((0.98 * 20.0 - 9.6 - 1.0) / 0.2)
+    assert _calibrate(8, 20, 1000.0, 1.0, [0.1] * 8, 0.0, 0.0) == 20  # capped at train.steps
+    assert _calibrate(8, 100, 1.0, 5.0, [0.1] * 8, 0.0, 0.0) == 8  # already over budget
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda c: c.replace(minutes=0), ValueError, r"TokenizerTrainConfig.minutes = 0"),
+        (lambda c: c.replace(objective=c.tokenizer), TypeError, r"objective must be a TokenizerObjective config"),
+        (lambda c: c.replace(data="shapeworld"), TypeError, r"data must be an nx Config.*got str"),
+        (lambda c: c.replace(train=c.train.replace(parallel="ddp")), ValueError, r"parallel='ddp'"),
+    ],
+)
+def test_bad_configs_are_named(tmp_path, change, error, match):
+    with pytest.raises(error, match=match):
+        change(tiny_run(tmp_path))
+
+
+def test_load_run_names_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"run_config.json does not exist.*not a tokenizer run"):
+        load_run(tmp_path)
