@@ -300,13 +300,20 @@ class TokenizerTrainSummary:
 class _Plan:
     """The LR factor of the current plan (``cfg.steps`` may be fixed only after calibration).
 
-    ``factor`` is a plain function, so the scheduler's state_dict holds no objects."""
+    A re-calibration that finds more time lengthens the cosine, which would raise the learning rate
+    mid-run (a loss spike each time); after warmup the factor therefore never rises above the last
+    one used. ``factor`` is a plain function, so the scheduler's state_dict holds no objects."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.ceiling = 1.0
 
         def factor(step: int) -> float:
-            return lr_factor(step, self.cfg)
+            value = lr_factor(step, self.cfg)
+            if step >= self.cfg.warmup_steps:
+                value = min(value, self.ceiling)
+                self.ceiling = value
+            return value
 
         self.factor = factor
 

@@ -98,3 +98,16 @@ def test_bad_configs_are_named(tmp_path, change, error, match):
 def test_load_run_names_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run_config.json does not exist.*not a tokenizer run"):
         load_run(tmp_path)
+
+
+def test_a_longer_plan_never_raises_the_learning_rate_after_warmup():
+    from nxrecipes.tokenizer.train import _Plan
+    from nxrecipes.train.config import TrainConfig
+
+    plan = _Plan(TrainConfig(run_dir="unused", steps=100, warmup_steps=5, lr=1e-3))
+    factors = [plan.factor(step) for step in range(40)]
+    plan.set_total(400)  # calibration found more time: the cosine stretches
+    factors += [plan.factor(step) for step in range(40, 120)]
+    after_warmup = factors[4:]
+    assert all(b <= a for a, b in zip(after_warmup, after_warmup[1:], strict=False))
+    assert factors[0] < factors[4] == 1.0  # warmup still rises
