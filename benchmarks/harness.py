@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +22,15 @@ try:
     _LIBC = ctypes.CDLL("libc.so.6")
 except OSError:  # pragma: no cover - not glibc
     _LIBC = None
+
+
+def environment(load_before: float, **extra) -> dict:
+    """The ``environment`` record of a result JSON: versions, machine, the 1-minute load average before
+    and after the run (other work on a shared box inflates every timing alike), CUDA device."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor(),
+            "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}, **extra,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def status_mb(key: str) -> float:

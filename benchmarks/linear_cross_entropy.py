@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from harness import markdown, peak_rss_since, reset_peak_rss, write_json
+from harness import environment, markdown, peak_rss_since, reset_peak_rss, write_json
 
 from nxkernels.linear_cross_entropy import linear_cross_entropy
 from nxkernels.linear_cross_entropy.chunked import LOGITS_CHUNK_BYTES
@@ -251,10 +250,7 @@ def main(argv=None) -> dict:
                    "threads": args.threads, "cpu_dtype": args.dtype, "dim": DIM, "vocab": VOCAB,
                    "memory_probe": "in-process VmHWM reset via /proc/self/clear_refs, minus VmRSS before "
                                    "(after gc + malloc_trim); includes the weight gradient"},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "platform": platform.platform(), "processor": platform.processor(),
-                        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": environment(load_before),
         "model_at_target": model,
         "cpu": cpu,
         "gpu": gpu,

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import markdown, write_json
+from harness import environment, markdown, write_json
 
 from nxkernels.rms_norm import rms_norm, rms_norm_reference
 
@@ -146,10 +145,7 @@ def main(argv=None) -> dict:
         "benchmark": "rms_norm",
         "config": {"quick": args.quick, "tokens": list(tokens), "reps": reps, "threads": args.threads,
                    "cpu_dtype": args.dtype, "widths": WIDTHS},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "platform": platform.platform(), "processor": platform.processor(),
-                        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": environment(load_before),
         "cpu": cpu,
         "gpu": gpu,
     }

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import fresh_compile, markdown, write_json
+from harness import environment, fresh_compile, markdown, write_json
 
 from nxkernels.rope import apply_rope_qk, apply_rope_reference, rope_cos_sin
 
@@ -193,10 +192,7 @@ def main(argv=None) -> dict:
         "benchmark": "rope",
         "config": {"quick": args.quick, "tokens": list(tokens), "reps": reps, "threads": args.threads,
                    "cpu_dtype": "float32", "gpu_dtype": "bfloat16", "models": MODELS},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "platform": platform.platform(), "processor": platform.processor(),
-                        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": environment(load_before),
         "cpu": cpu,
         "gpu": gpu,
     }

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import markdown, peak_rss_since, reset_peak_rss, time_cuda, write_json
+from harness import environment, markdown, peak_rss_since, reset_peak_rss, time_cuda, write_json
 
 from nxcore.schedule import nextflow_schedule
 from nxkernels.scale_attention import SCALE_ATTENTION, ScaleBlocks, scale_attention
@@ -177,11 +176,7 @@ def main(argv=None) -> dict | None:
                    "gpu_dtype": "bfloat16",
                    "memory": ("VmHWM reset via /proc/self/clear_refs after setup, in a fresh subprocess per "
                               "case, minus VmRSS before the call")},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "platform": platform.platform(), "processor": platform.processor(),
-                        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": environment(load_before, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY")),
         "cpu": cpu,
         "gpu": gpu,
     }

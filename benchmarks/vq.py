@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import weakref
 from pathlib import Path
 
 import torch
-from harness import markdown, write_json
+from harness import environment, markdown, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nxkernels.vq import VQ, vq_nearest
@@ -213,10 +212,7 @@ def main(argv=None) -> dict:
         "benchmark": "vq",
         "config": {"quick": args.quick, "reps": reps, "threads": args.threads,
                    "rows": {k: list(v) for k, v in rows.items()}},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "platform": platform.platform(), "processor": platform.processor(),
-                        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": environment(load_before),
         "cpu": cpu,
         "gpu": gpu,
     }
