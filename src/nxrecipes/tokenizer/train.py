@@ -171,6 +171,18 @@ class TokenizerTrainConfig(Config):
 # --- tiny defaults ----------------------------------------------------------------------------------
 
 
+def _shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
+                    train_changes) -> dict[str, Any]:
+    """The fields every ShapeWorld builder shares: train/held-out images, the loop, the budget."""
+    return {
+        "data": ShapeWorldImages(split="train", size=size, length=train_images),
+        "eval_data": ShapeWorldImages(split="test", size=size, length=eval_images),
+        "train": _train_config(run_dir, minutes, steps, **train_changes),
+        "minutes": minutes,
+        "eval_every": eval_every,
+    }
+
+
 def _train_config(run_dir: str | os.PathLike, minutes: float | None, steps: int | None, **changes: Any
                   ) -> TrainConfig:
     fields: dict[str, Any] = {
@@ -209,11 +221,8 @@ def autoencoder_training_tiny(
     return TokenizerTrainConfig(
         tokenizer=autoencoder_tiny(ch=16, ch_mult=(1, 2, 2), z_channels=16, norm_groups=8),
         objective=AutoencoderObjective(),
-        data=ShapeWorldImages(split="train", size=size, length=train_images),
-        eval_data=ShapeWorldImages(split="test", size=size, length=eval_images),
-        train=_train_config(run_dir, minutes, steps, **train_changes),
-        minutes=minutes,
-        eval_every=eval_every,
+        **_shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
+                          train_changes),
         torch_init=True,
     )
 
@@ -238,11 +247,8 @@ def multiscale_vq_training_tiny(
     return TokenizerTrainConfig(
         tokenizer=tokenizer,
         objective=MultiScaleVQObjective(steps=square_schedule(grid)),
-        data=ShapeWorldImages(split="train", size=size, length=train_images),
-        eval_data=ShapeWorldImages(split="test", size=size, length=eval_images),
-        train=_train_config(run_dir, minutes, steps, **train_changes),
-        minutes=minutes,
-        eval_every=eval_every,
+        **_shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
+                          train_changes),
     )
 
 
@@ -269,11 +275,8 @@ def dual_codebook_training_tiny(
     return TokenizerTrainConfig(
         tokenizer=tokenizer,
         objective=DualCodebookObjective(steps=square_schedule(grid)),
-        data=ShapeWorldImages(split="train", size=size, length=train_images),
-        eval_data=ShapeWorldImages(split="test", size=size, length=eval_images),
-        train=_train_config(run_dir, minutes, steps, **train_changes),
-        minutes=minutes,
-        eval_every=eval_every,
+        **_shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
+                          train_changes),
     )
 
 
