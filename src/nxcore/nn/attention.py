@@ -177,20 +177,22 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Float[Tensor, "batch seq dim"],
-        positions: Float[Tensor, "seq axes"] | None = None,
+        positions: Float[Tensor, "*rows seq axes"] | None = None,
         *,
         attn_mask: Bool[Tensor, "..."] | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
         blocks: ScaleBlocks | AttentionBlocks | None = None,
     ) -> Float[Tensor, "batch seq dim"]:
-        """Attend ``x`` to itself (and to the cached tokens); ``positions`` are those of ``x``'s tokens."""
+        """Attend ``x`` to itself (and to the cached tokens); ``positions`` are those of ``x``'s tokens:
+        [seq, axes] shared by every row, or [batch, seq, axes], one set per row (padded batches of
+        sequences with different layouts)."""
         check_width(self, "x", x, self.dim)
         check_tensor("x", x, ndim=3)
         check_flag("is_causal", is_causal)
         batch, seq, _ = x.shape
         blocks = self._check_blocks(blocks, seq, attn_mask, is_causal, cache)
-        self._check_positions(positions, seq)
+        self._check_positions(positions, batch, seq)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
         kv = seq + (0 if cache is None else cache.length)
@@ -201,7 +203,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
+            q, k = self._rotate(q, positions), self._rotate(k, positions)
         if cache is not None:
             k, v = cache.append(k, v)
         if is_causal and mask is not None:
@@ -210,6 +212,16 @@ class Attention(nn.Module):
             is_causal = False
         out = _attend(q, k, v, mask=mask, is_causal=is_causal, blocks=blocks)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+    def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        """``rope.apply`` with [seq, axes] positions, or per row with [batch, seq, axes]: the rows are
+        laid end to end along seq (one rotation call), then split back."""
+        if positions.ndim == 2:
+            return self.rope.apply(x, positions)
+        batch, heads, seq, head_dim = x.shape
+        flat = x.transpose(0, 1).reshape(heads, batch * seq, head_dim)
+        rotated = self.rope.apply(flat, positions.expand(batch, -1, -1).reshape(batch * seq, -1))
+        return rotated.view(heads, batch, seq, head_dim).transpose(0, 1)
 
     @staticmethod
     def _check_blocks(
@@ -237,7 +249,7 @@ class Attention(nn.Module):
             )
         return blocks
 
-    def _check_positions(self, positions: object, seq: int) -> None:
+    def _check_positions(self, positions: object, batch: int, seq: int) -> None:
         if self.rope is None:
             if positions is not None:
                 raise ValueError(
@@ -250,11 +262,16 @@ class Attention(nn.Module):
                 f"positions is None but this Attention rotates q and k with {type(self.rope).__name__}; "
                 f"pass the [seq, {self.rope.num_axes}] positions of x's tokens (rope.positions(layout))"
             )
-        check_tensor("positions", positions, ndim=2, kind="float")
-        if positions.shape[0] != seq:
+        check_tensor("positions", positions, ndim=(2, 3), kind="float")
+        if positions.shape[-2] != seq:
             raise ValueError(
-                f"positions has {positions.shape[0]} rows but x has seq = {seq} tokens; pass the "
-                "positions of this call's tokens only (a KV cache keeps the earlier ones rotated)"
+                f"positions has {positions.shape[-2]} positions per row but x has seq = {seq} tokens; pass "
+                "the positions of this call's tokens only (a KV cache keeps the earlier ones rotated)"
+            )
+        if positions.ndim == 3 and positions.shape[0] not in (1, batch):
+            raise ValueError(
+                f"positions has {positions.shape[0]} rows but x has batch = {batch}; pass [seq, axes] "
+                "positions shared by every row or [batch, seq, axes], one set per row"
             )
 
     def _check_mask(

@@ -69,7 +69,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Float[Tensor, "batch seq dim"],
-        positions: Float[Tensor, "seq axes"] | None = None,
+        positions: Float[Tensor, "*rows seq axes"] | None = None,
         *,
         residual: Float[Tensor, "batch seq dim"] | None = None,
         attn_mask: Bool[Tensor, "..."] | None = None,

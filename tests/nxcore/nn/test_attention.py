@@ -288,7 +288,16 @@ def test_bad_construction(kwargs, error, message):
             ValueError,
             r"positions is None but this Attention rotates q and k with RoPE1D; pass the \[seq, 1\] positions",
         ),
-        (lambda a, x: a(x, positions(4)), ValueError, "positions has 4 rows but x has seq = 5 tokens"),
+        (
+            lambda a, x: a(x, positions(4)),
+            ValueError,
+            "positions has 4 positions per row but x has seq = 5 tokens",
+        ),
+        (
+            lambda a, x: a(x, positions(5).expand(3, -1, -1)),
+            ValueError,
+            r"positions has 3 rows but x has batch = 2; pass \[seq, axes\] positions shared by every row",
+        ),
         (lambda a, x: a(x, positions(5).long()), TypeError, "positions must have a floating-point dtype"),
         (
             lambda a, x: a(x[..., :16], positions(5)),
@@ -335,6 +344,17 @@ def test_positions_without_rope_are_refused():
         ValueError, match=r"positions were given but this Attention has no rotary encoder \(rope=None\)"
     ):
         make(2, rope=False)(torch.randn(1, 3, 32), positions(3))
+
+
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_per_row_positions_equal_one_call_per_row(ratio):
+    attn = make(ratio, qk_norm=True)
+    x = torch.randn(3, 5, 32)
+    rows = torch.stack([positions(5) + shift for shift in (0.0, 2.5, 7.0)])
+    got = attn(x, rows, is_causal=True)
+    for b in range(3):
+        torch.testing.assert_close(got[b : b + 1], attn(x[b : b + 1], rows[b], is_causal=True))
+    torch.testing.assert_close(attn(x, rows[:1], is_causal=True), attn(x, rows[0], is_causal=True))
 
 
 def interleaved_layout():
