@@ -27,5 +27,13 @@ def text_corpus(num: int = 200, *, seed: int = 0) -> list[str]:
         scene = random_scene(rng)
         out += [canonical_caption(scene), describe_scene(scene, rng)]
         prompt, reasoning, _ = riddle(rng)
-        out += [prompt, reasoning, instruction(random_edit(scene, rng), rng)]
+        out += [prompt, reasoning, instruction(_some_edit(scene, rng), rng)]
     return out
+
+
+def _some_edit(scene, rng: np.random.Generator):
+    """An edit of ``scene``, or of a fresh one-object scene when ``scene`` leaves no room for any."""
+    try:
+        return random_edit(scene, rng)
+    except ValueError:
+        return random_edit(random_scene(rng, num_objects=1), rng)
