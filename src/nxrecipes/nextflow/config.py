@@ -44,7 +44,8 @@ class NextFlowConfig(Config):
 
     ``code_dim``: width of the tokenizer's code features (``tokenizer.embed_codes``), from which the
     visual code embeddings are initialised; ``up``/``down``: the resampling of next-scale inputs
-    (the tokenizer's own modes). ``init_std``: the N(0, init_std) init of linear and embedding
+    (the tokenizer's own modes). ``max_seq_len``: the longest sequence generation accepts (prompt +
+    generated tokens). ``init_std``: the N(0, init_std) init of linear and embedding
     weights (Qwen2's ``initializer_range``)."""
 
     layer: DecoderLayerConfig
@@ -56,6 +57,7 @@ class NextFlowConfig(Config):
     up: str = attrs.field(default="bicubic", validator=one_of(*UP_MODES))
     down: str = attrs.field(default="area", validator=one_of(*DOWN_MODES))
     max_scales: int = attrs.field(default=18, validator=integer(at_least=1))
+    max_seq_len: int = attrs.field(default=32768, validator=integer(at_least=1))
     rope_theta: float = attrs.field(default=1e6, validator=finite_number(above=1.0))
     rope_sections: tuple[int, ...] | None = attrs.field(default=None, converter=_sections)
     range_factor: float = attrs.field(default=64.0, validator=finite_number(above=0.0))
@@ -127,6 +129,7 @@ def nextflow_tiny(vocabulary: Vocabulary, code_dim: int, **changes: Any) -> Next
         "rope_theta": 10000.0,
         "rope_sections": (4, 6, 6),
         "range_factor": 16.0,
+        "max_seq_len": 4096,
     }
     fields.update(changes)
     return NextFlowConfig(**fields)

@@ -166,10 +166,13 @@ class NextFlow(nn.Module):
             rows.append(pos)
         return torch.stack(rows)
 
-    def attention(self, layouts: Sequence[SequenceLayout], seq: int) -> dict[str, object]:
-        """Keyword arguments for the layers: ``blocks`` when every row has one layout filling ``seq``,
-        otherwise a dense ``attn_mask`` [batch, 1, seq, seq] (padding sees itself causally)."""
-        if all(layout == layouts[0] for layout in layouts) and layouts[0].length == seq:
+    def attention(self, layouts: Sequence[SequenceLayout], seq: int, *, dense: bool = False
+                  ) -> dict[str, object]:
+        """Keyword arguments for the layers: ``blocks`` when every row has one layout filling ``seq``
+        (and not ``dense``), otherwise a dense ``attn_mask`` [batch, 1, seq, seq] (padding sees itself
+        causally)."""
+        same = all(layout == layouts[0] for layout in layouts)
+        if not dense and same and layouts[0].length == seq:
             return {"blocks": ScaleBlocks.of(layouts[0].attention_blocks())}
         device = self.embed_tokens.weight.device
         kv_end = torch.arange(1, seq + 1, device=device).repeat(len(layouts), 1)
