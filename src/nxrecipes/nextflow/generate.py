@@ -5,7 +5,8 @@ Shape legend: batch = rows decoded together (with CFG: the conditional rows, the
 unconditional rows), kv = cache slots filled, h, w = the grid of one step, codes = codebook size.
 
 ``Session`` holds the rows' KV caches and layouts. Prompts are ``Example``s (text and context
-images, e.g. an edit's source) collated right-padded; padding slots are masked out of every later
+images, e.g. an edit's source; an empty ``Example()`` is the unconditional text-to-image prompt: the
+image starts the sequence) collated right-padded; padding slots are masked out of every later
 attention, and each row's RoPE positions follow its own layout, so rows of different prompt
 lengths decode together and give the logits they would give alone.
 
@@ -117,11 +118,13 @@ class Session:
         if not prompts:
             raise ValueError("prompts is empty; pass at least one Example")
         self.model = model
-        batch = collate(prompts, model.vocabulary)
+        empty = [not example.parts for example in prompts]
+        filler = Example([Text([model.vocabulary.special_tokens.get("<pad>", 0)], loss=False)])
+        batch = collate([filler if e else p for p, e in zip(prompts, empty, strict=True)], model.vocabulary)
         device = model.embed_tokens.weight.device
         batch = batch.to(device)
         rows, seq = batch.ids.shape
-        lengths = batch.lengths
+        lengths = [0 if e else n for n, e in zip(batch.lengths, empty, strict=True)]
         limit = model.config.max_seq_len
         longest = max(lengths)
         if longest + extra > limit:
@@ -129,7 +132,9 @@ class Session:
                 f"the prompt is too long: {longest} tokens + {extra} to generate exceed the model's "
                 f"max_seq_len = {limit}; shorten the prompt or generate fewer tokens"
             )
-        self.segments = [list(layout.segments) for layout in batch.layouts]
+        self.segments = [
+            [] if e else list(layout.segments) for layout, e in zip(batch.layouts, empty, strict=True)
+        ]
         self.max_len = seq + extra
         self.valid = torch.zeros(rows, self.max_len, dtype=torch.bool, device=device)
         for b, n in enumerate(lengths):
@@ -138,7 +143,7 @@ class Session:
         x = model.embed(batch.ids, batch.layouts, batch.images)
         mask = model.attention(batch.layouts, seq, dense=True)["attn_mask"]
         hidden = model.run_layers(x, model.positions(batch.layouts, seq), caches=self.caches, attn_mask=mask)
-        index = torch.tensor([n - 1 for n in lengths], device=device)
+        index = torch.tensor([max(n - 1, 0) for n in lengths], device=device)
         self.last = hidden[torch.arange(rows, device=device), index][:, None]  # [batch, 1, dim]
         self.length = seq
 

@@ -87,7 +87,7 @@ Part = Text | Image
 
 @attrs.frozen(eq=False)
 class Example:
-    parts: tuple[Part, ...] = attrs.field(converter=tuple)
+    parts: tuple[Part, ...] = attrs.field(default=(), converter=tuple)
     task: str = "t2i"
 
 

@@ -17,7 +17,7 @@ def prompt(world, text):
 
 
 def uncond(n):
-    return [Example([Text([0], loss=False)])] * n
+    return [Example()] * n  # the unconditional prompt: nothing before the image
 
 
 PROMPTS = ("a red circle", "a big blue square on the left of a small green triangle")
@@ -44,6 +44,17 @@ def test_kv_cached_logits_equal_the_teacher_forced_logits(world, cfg):
         teacher = logits[start : start + world.schedule.total_tokens]
         cached = torch.cat([step[b] for step in out.logits])
         torch.testing.assert_close(cached, teacher, atol=1e-4, rtol=1e-4)
+
+
+def test_an_empty_prompt_starts_the_sequence_with_the_image(world):
+    model = world.model()
+    out = generate_image_codes(model, [Example(), prompt(world, PROMPTS[0])], world.schedule,
+                               generator=torch.Generator().manual_seed(0), keep_logits=True)
+    batch = collate([Example([Image.of([c[0] for c in out.codes], world.schedule)])], world.vocab)
+    lo, hi = world.vocab.code_range
+    with torch.no_grad():
+        teacher = model.logits(model(batch))[0, : world.schedule.total_tokens, lo:hi]
+    torch.testing.assert_close(torch.cat([step[0] for step in out.logits]), teacher, atol=1e-4, rtol=1e-4)
 
 
 def test_generation_is_deterministic_for_a_seed_and_varies_across_seeds(world):
