@@ -9,6 +9,7 @@
     nx plot RUN [RUN ...] [--out PNG]     PNG curves of training metrics (one run, or overlaid)
     nx tokenizer train|eval|reconstruct   train a tiny image tokenizer, score it, show reconstructions
     nx data extract --tokenizer DIR --out DIR   per-scale indices of a dataset, sharded on disk
+    nx nextflow train|generate|edit|caption|eval   NextFlow on ShapeWorld (nxrecipes/nextflow/cli.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from nxrecipes.nextflow.cli import add_nextflow_commands
 from nxrecipes.tokenizer.cli import add_extract_command, add_tokenizer_commands
 
 TASKS_HELP = "ShapeWorld task(s): t2i captioning edit interleaved in_context world_knowledge text_only"
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=cmd_plot)
 
     add_tokenizer_commands(commands)
+    add_nextflow_commands(commands)
     return parser
 
 

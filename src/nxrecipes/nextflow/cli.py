@@ -1,0 +1,177 @@
+"""``nx nextflow train|generate|edit|caption|eval``.
+
+    nx nextflow train --tokenizer TOKDIR --minutes 10 --out RUN      train nextflow_tiny on ShapeWorld
+    nx nextflow generate RUN --prompt "a red circle" ... --out grid.png [--cfg 3 --think]
+    nx nextflow edit RUN --image a.png --instruction "make the circle blue" --out edited.png
+    nx nextflow caption RUN --image a.png [b.png ...]
+    nx nextflow eval RUN [--json report.json]                       ShapeEval, edit and caption scores
+
+An existing ``--out`` run directory resumes. Images are written as PNG grids with their prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+
+__all__ = ["add_nextflow_commands"]
+
+
+def _pipeline(args: argparse.Namespace):
+    import torch
+
+    from nxrecipes.nextflow.pipeline import NextFlowPipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return NextFlowPipeline.from_run(args.run_dir)
+
+
+def _sampling(args: argparse.Namespace, pipeline) -> Any:
+    from nxrecipes.nextflow.evaluate import default_sampling
+    from nxrecipes.nextflow.generate import ImageSampling
+
+    base = default_sampling(len(pipeline.schedule.steps), cfg=args.cfg)
+    return ImageSampling(cfg=base.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def _write_grid(images, captions: list[str], out: str, title: str) -> None:
+    from nxrecipes.data.shapeworld import to_pil
+    from nxrecipes.viz import image_grid
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = [to_pil(x) for x in images]
+    grid = image_grid(pictures, captions, columns=min(8, len(captions)), tile=128, title=title)
+    grid.save(path)
+    print(f"wrote {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from nxrecipes.nextflow.train import nextflow_training_tiny, train_nextflow
+
+    changes = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed))
+               if v is not None}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = nextflow_training_tiny(args.out, minutes=args.minutes, steps=args.steps,
+                                 tokenizer_dir=args.tokenizer, **changes)
+    summary = train_nextflow(cfg, progress=not args.quiet)
+    print(f"trained {summary.step} updates; run directory {args.out}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    pipeline = _pipeline(args)
+    sampling = _sampling(args, pipeline)
+    if args.think:
+        traces, images = pipeline.think_then_draw(args.prompt, sampling=sampling, seed=args.seed)
+        captions = [f"{p} | thought: {t}" for p, t in zip(args.prompt, traces, strict=True)]
+    else:
+        images = pipeline.text_to_image(args.prompt, sampling=sampling, seed=args.seed,
+                                        progress=not args.quiet)
+        captions = list(args.prompt)
+    _write_grid(images, captions, args.out, "nx nextflow generate")
+
+
+def _open(paths: list[str]) -> list[PILImage.Image]:
+    return [PILImage.open(p).convert("RGB") for p in paths]
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    pipeline = _pipeline(args)
+    if len(args.instruction) not in (1, len(args.image)):
+        raise ValueError(f"got {len(args.image)} images and {len(args.instruction)} instructions; give one "
+                         "instruction, or one per image")
+    instructions = args.instruction * (len(args.image) if len(args.instruction) == 1 else 1)
+    sources = _open(args.image)
+    edited = pipeline.edit(sources, instructions, sampling=_sampling(args, pipeline), seed=args.seed)
+    before = pipeline.decode(pipeline.encode(sources))
+    pictures = [x for pair in zip(before, edited, strict=True) for x in pair]
+    captions = [c for i in instructions for c in ("source", i)]
+    _write_grid(pictures, captions, args.out, "nx nextflow edit")
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    pipeline = _pipeline(args)
+    for path, caption in zip(args.image, pipeline.caption(_open(args.image)), strict=True):
+        print(f"{path}: {caption}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nxrecipes.nextflow.evaluate import EvalSettings, evaluate_pipeline
+
+    pipeline = _pipeline(args)
+    half = args.num // 2
+    settings = EvalSettings(n=args.num, n_edit=half, n_caption=half, n_knowledge=half)
+    report = evaluate_pipeline(pipeline, settings)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance weight on every scale after the first")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="run directory of `nx nextflow train`")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def add_nextflow_commands(commands: Any) -> None:
+    """Register ``nx nextflow ...`` on the ``nx`` sub-parsers."""
+    parser = commands.add_parser("nextflow", help="train NextFlow and generate, edit, caption with it")
+    sub = parser.add_subparsers(dest="nextflow_command", required=True)
+
+    train = sub.add_parser("train", help="train nextflow_tiny on ShapeWorld with a trained tokenizer")
+    train.add_argument("--tokenizer", required=True, metavar="DIR",
+                       help="run directory of `nx tokenizer train --kind dual` (or --kind vq)")
+    train.add_argument("--out", required=True, help="run directory; an existing run resumes")
+    train.add_argument("--minutes", type=float, help="wall-clock budget")
+    train.add_argument("--steps", type=int, help="updates (a cap with --minutes)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--threads", type=int)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=cmd_train)
+
+    gen = sub.add_parser("generate", help="text-to-image: a PNG grid with the prompts")
+    _run_arg(gen)
+    gen.add_argument("--prompt", nargs="+", required=True)
+    gen.add_argument("--out", default="out/nextflow-generate.png")
+    gen.add_argument("--think", action="store_true",
+                     help="write a reasoning trace first (think-before-drawing)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _sampling_args(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    edit = sub.add_parser("edit", help="edit images by instruction: a PNG of sources and results")
+    _run_arg(edit)
+    edit.add_argument("--image", nargs="+", required=True, help="PNG(s) at the run's image size")
+    edit.add_argument("--instruction", nargs="+", required=True)
+    edit.add_argument("--out", default="out/nextflow-edit.png")
+    _sampling_args(edit)
+    edit.set_defaults(run=cmd_edit)
+
+    cap = sub.add_parser("caption", help="print a caption per image")
+    _run_arg(cap)
+    cap.add_argument("--image", nargs="+", required=True)
+    cap.set_defaults(run=cmd_caption)
+
+    ev = sub.add_parser("eval", help="ShapeEval per category, edit and caption scores (JSON)")
+    _run_arg(ev)
+    ev.add_argument("-n", "--num", type=int, default=64, help="prompts per split")
+    ev.add_argument("--json", help="also write the report here")
+    ev.set_defaults(run=cmd_eval)
