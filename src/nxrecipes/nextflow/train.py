@@ -71,6 +71,7 @@ from nxrecipes.train.seeding import seed_all
 
 __all__ = [
     "CALIBRATION_STEPS",
+    "CPU_TASK_MIX",
     "DEFAULT_TASK_MIX",
     "IMAGE_TOKENIZER_DIR",
     "MODEL_CONFIG_FILE",
@@ -108,6 +109,19 @@ DEFAULT_TASK_MIX: tuple[tuple[str, float], ...] = (
     ("text_only", 0.05),
 )
 """Text-to-image heavy, every task present."""
+
+CPU_TASK_MIX: tuple[tuple[str, float], ...] = (
+    ("t2i", 0.6),
+    ("captioning", 0.1),
+    ("edit", 0.15),
+    ("interleaved", 0.0),
+    ("in_context", 0.0),
+    ("world_knowledge", 0.1),
+    ("text_only", 0.05),
+)
+"""``nextflow_training_tiny``'s mix: the tasks ShapeWorld's quality report scores. An interleaved
+(3-5 images) or in-context (6 images) row pads a batch to ~1000 tokens at 32 px, four to six
+t2i rows' worth, so on 2 CPU cores they are left to runs that ask for them."""
 
 
 # --- configs -----------------------------------------------------------------------------------
@@ -533,10 +547,11 @@ def nextflow_training_tiny(
     tokenizer_dir: str | os.PathLike,
     **changes: Any,
 ) -> NextFlowTrainConfig:
-    """CPU-sized NextFlow training on ShapeWorld 64 px with the image tokenizer at ``tokenizer_dir``:
-    ``nextflow_tiny`` (4 layers, width 128), a BPE of at most 1024 ids, the square schedule ending at the
-    tokenizer's final grid (64 / downsample), ``DEFAULT_TASK_MIX``, batch 8, AdamW lr 1e-3, 50
-    warmup updates then cosine to 5%.
+    """CPU-sized NextFlow training on ShapeWorld 32 px with the image tokenizer at ``tokenizer_dir``:
+    ``nextflow_tiny`` (4 layers, width 128; RoPE range C = the final grid side), a BPE of at most 1024
+    ids, the square schedule ending at the tokenizer's final grid (32 / downsample: 7 steps, 155
+    tokens at downsample 4), ``CPU_TASK_MIX``, batch 8, AdamW lr 1e-3, 50 warmup updates then cosine
+    to 5%. (At 64 px an image is 680 tokens and an update ~4x slower.)
 
     ``changes`` are routed by field name to ``NextFlowDataConfig`` (``size``, ``task_mix``, ...),
     ``TrainConfig`` (``batch_size``, ``lr``, ...), ``NextFlowConfig`` (``num_layers``, ``inputs``,
@@ -557,8 +572,11 @@ def nextflow_training_tiny(
         routes[where][key] = value
     text_cfg = routes["top"].pop("text_tokenizer", TextTokenizerConfig())
     images = load_image_tokenizer(tokenizer_dir)
-    size = routes["data"].get("size", 64)
-    routes["data"].setdefault("schedule", square_schedule(size // int(images.downsample)))
+    size = routes["data"].setdefault("size", 32)
+    grid = size // int(images.downsample)
+    routes["data"].setdefault("schedule", square_schedule(grid))
+    routes["data"].setdefault("task_mix", CPU_TASK_MIX)
+    routes["model"].setdefault("range_factor", float(grid))
     train = {
         "run_dir": run_dir,
         "steps": steps if steps is not None else (100_000 if minutes is not None else 2000),
