@@ -73,9 +73,9 @@ def evaluate_pipeline(pipeline: NextFlowPipeline, settings: EvalSettings | None 
         caps = list(ShapeWorld(split="test", size=size, tasks=("captioning",), length=s.n_caption,
                                seed=s.seed))
         written = [c for chunk in _batches(caps, s.batch) for c in pipeline.caption([r.image for r in chunk])]
-        scores = [caption_score(w, r.scene) for w, r in zip(written, caps, strict=True)]
-        out["caption_exact"] = sum(x.exact for x in scores) / len(scores)
-        out["caption_f1"] = sum(x.f1 for x in scores) / len(scores)
+        scores = [_caption(w, r.scene) for w, r in zip(written, caps, strict=True)]
+        out["caption_exact"] = sum(exact for exact, _ in scores) / len(scores)
+        out["caption_f1"] = sum(f1 for _, f1 in scores) / len(scores)
     if s.n_knowledge:
         riddles = list(ShapeWorld(split="test", size=size, tasks=("world_knowledge",), length=s.n_knowledge,
                                   seed=s.seed))
@@ -90,6 +90,15 @@ def evaluate_pipeline(pipeline: NextFlowPipeline, settings: EvalSettings | None 
         if s.think:
             out["knowledge_think"] = evaluate([to_pil(x) for x in thought], specs).overall
     return out
+
+
+def _caption(written: str, scene) -> tuple[bool, float]:
+    """(exact, F1) of a generated caption; one that states nothing readable scores (False, 0)."""
+    try:
+        result = caption_score(written, scene)
+    except ValueError:  # empty, or words outside the caption grammar
+        return False, 0.0
+    return result.exact, result.f1
 
 
 def sample_grid(pipeline: NextFlowPipeline, prompts: list[str], *, sampling: ImageSampling | None = None,
