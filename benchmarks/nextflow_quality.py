@@ -1,0 +1,137 @@
+"""NextFlow quality on ShapeWorld (issue 8): train nextflow_tiny from scratch on a trained dual-codebook
+tokenizer and report ShapeEval per category (test and held-out-combination splits), the editing
+score, the caption score and world-knowledge ShapeEval with and without think-before-drawing.
+
+    python benchmarks/nextflow_quality.py --tokenizer out/tok-dual-32 --runs main-10 main-30
+    python benchmarks/nextflow_quality.py --tokenizer out/tok-dual-32 --runs alpha-0 alpha-0.5 ...
+    python benchmarks/nextflow_quality.py --summary            # the table of every recorded run
+
+Each run is one config change from ``nextflow_training_tiny`` (``RUNS``) and a wall-clock budget;
+its run directory is ``--work/NAME`` (an existing one resumes), its record
+``benchmarks/results/nextflow/NAME.json`` (report, steps, budget, threads, load), its curves
+``NAME-metrics.png`` and a sample grid ``NAME-samples.png``. ``--threads 1`` lets two runs share the
+2-core machine side by side (record says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import environment  # noqa: E402
+
+from nxcore.checkpoint import atomic_write_text  # noqa: E402
+from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
+from nxrecipes.nextflow.evaluate import EvalSettings, evaluate_pipeline, sample_grid  # noqa: E402
+from nxrecipes.nextflow.pipeline import NextFlowPipeline  # noqa: E402
+from nxrecipes.nextflow.train import nextflow_training_tiny, train_nextflow  # noqa: E402
+from nxrecipes.train.metrics import read_metrics  # noqa: E402
+from nxrecipes.train.plot import plot_run  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "nextflow"
+
+RUNS: dict[str, tuple[float, dict]] = {
+    # name: (minutes, changes to nextflow_training_tiny)
+    "main-10": (10, {"per_scale": True}),
+    "main-30": (30, {"per_scale": True}),
+    "alpha-0": (10, {"alpha": 0.0, "per_scale": True}),
+    "alpha-0.5": (10, {"alpha": 0.5, "per_scale": True}),
+    "residual-nosc": (10, {"self_correction_fraction": 0.0, "per_scale": True}),
+    "accumulated-sc": (10, {"inputs": "accumulated", "per_scale": True}),
+    "accumulated-nosc": (10, {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}),
+    "separate-heads": (10, {"separate_heads": True, "per_scale": True}),
+}
+"""main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
+
+
+def _config(name: str, tokenizer: Path, work: Path, threads: int):
+    minutes, changes = RUNS[name]
+    changes = dict(changes)
+    separate = changes.pop("separate_heads", False)
+    cfg = nextflow_training_tiny(work / name, minutes=minutes, tokenizer_dir=tokenizer, **changes)
+    if separate:
+        from nxrecipes.nextflow.config import separate_heads
+
+        cfg = cfg.replace(model=separate_heads(cfg.model))
+    return cfg
+
+
+def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
+    cfg = _config(name, tokenizer, work, threads)
+    started = time.perf_counter()
+    summary = train_nextflow(cfg, progress=False)
+    trained_s = time.perf_counter() - started
+    pipeline = NextFlowPipeline.from_run(cfg.run_dir)
+    report = evaluate_pipeline(pipeline, EvalSettings(n=num, n_edit=num // 2, n_caption=num // 2,
+                                                      n_knowledge=num // 2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    prompts = [r.prompt for split in ("heldout", "test")
+               for r in ShapeWorld(split=split, size=32, tasks=("t2i",), length=8, seed=7)]
+    sample_grid(pipeline, prompts, title=f"nextflow_tiny {name}: held-out (top), test (bottom)").save(
+        RESULTS / f"{name}-samples.png")
+    plot_run(cfg.run_dir, RESULTS / f"{name}-metrics.png", keys=["loss"])
+    metrics = read_metrics(cfg.run_dir)
+    record = {
+        "name": name, "minutes": RUNS[name][0], "changes": RUNS[name][1], "steps": summary.step,
+        "train_seconds": round(trained_s, 1), "threads": threads, "report": report,
+        "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
+        "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
+        "command": f"python benchmarks/nextflow_quality.py --tokenizer {tokenizer} --runs {name} "
+                   f"--threads {threads}",
+        "environment": environment(load),
+    }
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(record, indent=1) + "\n")
+    print(f"{name}: {summary.step} steps, test {report['shapeeval_test']['overall']:.3f}, heldout "
+          f"{report['shapeeval_heldout']['overall']:.3f}", flush=True)
+    return record
+
+
+def summary() -> str:
+    rows = ["| run | min | threads | steps | test | held-out | edit | caption exact | knowledge | + think |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in RUNS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        p = r["report"]
+        rows.append(
+            f"| {name} | {r['minutes']} | {r['threads']} | {r['steps']} "
+            f"| {p['shapeeval_test']['overall']:.3f} | {p['shapeeval_heldout']['overall']:.3f} "
+            f"| {p.get('edit_accuracy', float('nan')):.3f} "
+            f"| {p.get('caption_exact', float('nan')):.3f} | {p.get('knowledge_plain', float('nan')):.3f} "
+            f"| {p.get('knowledge_think', float('nan')):.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", type=Path, help="run directory of `nx tokenizer train --kind dual`")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=[])
+    parser.add_argument("--work", type=Path, default=Path("out/nextflow-quality"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("-n", "--num", type=int, default=64, help="t2i prompts per split in the report")
+    parser.add_argument("--summary", action="store_true", help="print the table of recorded runs")
+    args = parser.parse_args()
+    if args.runs and args.tokenizer is None:
+        parser.error("--runs needs --tokenizer")
+    for name in args.runs:
+        run(name, args.tokenizer, args.work, args.threads, args.num)
+    if args.summary or args.runs:
+        table = summary()
+        print(table)
+        atomic_write_text(RESULTS / "summary.md", table + "\n")
+
+
+if __name__ == "__main__":
+    main()
