@@ -199,22 +199,29 @@ class NextFlow(nn.Module):
 
     # --- training -------------------------------------------------------------------------------
 
-    def forward(self, batch: Batch) -> Tensor:
-        """[batch, seq, dim] final hidden states of a teacher-forced batch."""
+    def forward(self, batch: Batch, *, with_loss: bool = False, detail: bool = False, per_scale: bool = False
+                ) -> Tensor | tuple[Tensor, dict[str, float]]:
+        """[batch, seq, dim] final hidden states of a teacher-forced batch; with ``with_loss``,
+        ``loss(batch, ...)``'s result instead (so a DDP/FSDP wrapper sees the loss computed inside its
+        forward)."""
         if not isinstance(batch, Batch):
             raise TypeError(
                 f"batch must be a nextflow Batch (nextflow.collate(...)), got {type(batch).__name__}"
             )
         seq = batch.ids.shape[1]
         x = self.embed(batch.ids, batch.layouts, batch.images)
-        return self.run_layers(x, self.positions(batch.layouts, seq), **self.attention(batch.layouts, seq))
+        hidden = self.run_layers(x, self.positions(batch.layouts, seq), **self.attention(batch.layouts, seq))
+        return self._loss(hidden, batch, detail, per_scale) if with_loss else hidden
 
     def loss(self, batch: Batch, *, detail: bool = False, per_scale: bool = False
              ) -> tuple[Tensor, dict[str, float]]:
         """The weighted cross-entropy of every target (``head.loss``: fused, weights of the batch) and
         metrics: ``tokens``; with ``detail`` also ``loss/text`` and ``loss/image`` (unweighted means,
         from full logits: small models only), with ``per_scale`` also ``loss/scale_k``."""
-        hidden = self(batch)
+        return self(batch, with_loss=True, detail=detail, per_scale=per_scale)
+
+    def _loss(self, hidden: Tensor, batch: Batch, detail: bool, per_scale: bool
+              ) -> tuple[Tensor, dict[str, float]]:
         carries = batch.targets != IGNORE_INDEX
         rows = hidden[carries]
         targets, weights = batch.targets[carries], batch.weights[carries]

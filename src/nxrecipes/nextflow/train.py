@@ -264,8 +264,8 @@ class NextFlowTrainConfig(Config):
     - ``tokenizer_dir``: the frozen image tokenizer (a ``nx tokenizer train`` run directory, its
       ``tokenizer/`` folder, or any ``save_pretrained`` directory);
     - ``data``: ``NextFlowDataConfig``; ``train``: the shared ``TrainConfig`` (``run_dir``, steps,
-      batch, lr, ...; ``parallel`` "none" or "fsdp": the step calls ``model.loss``, which DDP would
-      not see); ``minutes``: a wall-clock budget (``train.steps`` is then a cap);
+      batch, lr, ...; ``parallel``: the step calls the model's forward with ``with_loss=True``, so
+      DDP and FSDP see the loss); ``minutes``: a wall-clock budget (``train.steps`` is then a cap);
     - ``detail`` / ``per_scale``: log ``loss/text``, ``loss/image`` / ``loss/scale_k`` (full logits:
       small models only).
     """
@@ -280,11 +280,6 @@ class NextFlowTrainConfig(Config):
     per_scale: bool = attrs.field(default=False, validator=_boolean)
 
     def __attrs_post_init__(self) -> None:
-        if self.train.parallel == "ddp":
-            raise ValueError(
-                "NextFlowTrainConfig.train.parallel = 'ddp' is not supported: the step calls model.loss, "
-                "which runs outside DDP's forward (no gradient sync); use parallel='fsdp' or 'none'"
-            )
         if len(self.data.schedule) > self.model.max_scales:
             raise ValueError(
                 f"the schedule has {len(self.data.schedule)} steps but model.max_scales = "
@@ -345,7 +340,7 @@ class NextFlowStep:
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         param = next(model.parameters())
         device = param.to_local().device if hasattr(param, "to_local") else param.device
-        return model.loss(batch.to(device), detail=self.detail, per_scale=self.per_scale)
+        return model(batch.to(device), with_loss=True, detail=self.detail, per_scale=self.per_scale)
 
 
 class _Progress:

@@ -74,6 +74,16 @@ def test_loss_trains_and_reports_per_scale_metrics(world):
     assert model.embed_tokens.weight.grad is not None and model.scale_embed.embed.weight.grad is not None
 
 
+def test_the_loss_is_also_the_forward_with_loss(world):
+    # what a DDP / FSDP wrapper calls: the loss computed inside forward
+    model = world.model()
+    batch = collate([example(world, world.codes(1), 0)], world.vocab)
+    a, _ = model.loss(batch)
+    b, metrics = model(batch, with_loss=True, detail=True)
+    torch.testing.assert_close(a, b)
+    assert "loss/image" in metrics
+
+
 def test_separate_heads_is_one_config_change(world):
     shared = world.model()
     split = world.model(head=separate_heads(world.config()).head)

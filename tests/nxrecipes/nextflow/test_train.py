@@ -89,8 +89,6 @@ def test_configs_round_trip_and_refuse_what_cannot_work(tmp_path, tokenizer_dir,
     assert (cfg.model.inputs, cfg.data.cfg_dropout, cfg.train.steps) == ("accumulated", 0.2, 5)
     with pytest.raises(ValueError, match="no setting 'colour'"):
         tiny(tmp_path, tokenizer_dir, world, colour="red")
-    with pytest.raises(ValueError, match="ddp"):
-        tiny(tmp_path, tokenizer_dir, world, parallel="ddp")
     with pytest.raises(ValueError, match="task_mix names 'painting'"):
         tiny(tmp_path, tokenizer_dir, world, task_mix=(("painting", 1.0),))
     other = TextTokenizerConfig(vocab_size=280, corpus_rounds=20).build()
