@@ -73,7 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         traces, images = pipeline.think_then_draw(args.prompt, sampling=sampling, seed=args.seed)
         captions = [f"{p} | thought: {t}" for p, t in zip(args.prompt, traces, strict=True)]
     else:
-        images = pipeline.text_to_image(args.prompt, sampling=sampling, seed=args.seed,
+        images = pipeline.text_to_image(args.prompt, sampling=sampling, seed=args.seed, ratio=args.ratio,
                                         progress=not args.quiet)
         captions = list(args.prompt)
     _write_grid(images, captions, args.out, "nx nextflow generate")
@@ -153,6 +153,7 @@ def add_nextflow_commands(commands: Any) -> None:
     gen.add_argument("--out", default="out/nextflow-generate.png")
     gen.add_argument("--think", action="store_true",
                      help="write a reasoning trace first (think-before-drawing)")
+    gen.add_argument("--ratio", type=float, help="height / width in [0.25, 4] (Table 14); default square")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _sampling_args(gen)
     gen.set_defaults(run=cmd_generate)

@@ -10,12 +10,14 @@ text removed, context images kept (an edit keeps its source image).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
+from nxcore.schedule import derived_schedule, nearest_nextflow_ratio
 from nxcore.schedule.protocol import ScaleSchedule
 from nxrecipes.nextflow.generate import (
     ImageSampling,
@@ -109,10 +111,28 @@ class NextFlowPipeline:
 
     # --- tasks ----------------------------------------------------------------------------------
 
+    def schedule_for_ratio(self, ratio: float) -> ScaleSchedule:
+        """A schedule for ``ratio`` (height / width, snapped to the nearest Table 14 ratio) with the
+        default schedule's number of steps and about its final token count."""
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.25 <= ratio <= 4.0:
+            raise ValueError(
+                f"ratio = {ratio!r} is outside 1:4 .. 4:1 (height / width, Table 14); pick a ratio in "
+                "[0.25, 4]"
+            )
+        snapped = nearest_nextflow_ratio(ratio, 1.0)
+        gh, gw = self.schedule.steps[-1]
+        h = max(1, round(math.sqrt(gh * gw * snapped)))
+        w = max(1, round(math.sqrt(gh * gw / snapped)))
+        return derived_schedule((h, w), len(self.schedule.steps))
+
     def text_to_image(self, prompts: Sequence[str], *, sampling: ImageSampling | None = None, seed: int = 0,
-                      schedule: ScaleSchedule | None = None, progress: bool = False) -> Tensor:
-        """One image per prompt: [batch, 3, H, W] in [0, 1]."""
+                      schedule: ScaleSchedule | None = None, ratio: float | None = None,
+                      progress: bool = False) -> Tensor:
+        """One image per prompt: [batch, 3, H, W] in [0, 1]; ``ratio`` (height / width) or
+        ``schedule`` picks another shape than the default schedule's."""
         _check_strings("prompts", prompts)
+        if ratio is not None:
+            schedule = self.schedule_for_ratio(ratio)
         cond = [Example([self._text(p)]) for p in prompts]
         return self._draw(cond, [Example()] * len(cond), sampling, seed, schedule, progress)
 

@@ -37,7 +37,17 @@ def test_edit_in_context_caption_think_and_interleave_run_end_to_end(pipeline):
     assert pieces and all(isinstance(p, str | torch.Tensor) for p in pieces)
 
 
+@pytest.mark.parametrize(("ratio", "shape"), [(0.25, (2, 8)), (4.0, (8, 2)), (0.5, (3, 6))])
+def test_any_table14_ratio(pipeline, ratio, shape):
+    schedule = pipeline.schedule_for_ratio(ratio)
+    assert schedule.steps[-1] == shape and len(schedule.steps) == len(pipeline.schedule.steps)
+    images = pipeline.text_to_image(["a red circle"], ratio=ratio)
+    assert images.shape == (1, 3, 2 * shape[0], 2 * shape[1])
+
+
 def test_bad_inputs(pipeline):
+    with pytest.raises(ValueError, match=r"ratio = 5.0 is outside 1:4 .. 4:1"):
+        pipeline.text_to_image(["a red circle"], ratio=5.0)
     with pytest.raises(ValueError, match=r"needs \[batch, 3, 8, 8\] images"):
         pipeline.edit(torch.zeros(1, 3, 16, 16), ["make it red"])
     with pytest.raises(ValueError, match="got 2 images and 1 instructions"):
