@@ -1,6 +1,8 @@
 """``nx nextflow train|generate|edit|caption|eval``.
 
     nx nextflow train --tokenizer TOKDIR --minutes 10 --out RUN      train nextflow_tiny on ShapeWorld
+    torchrun --standalone --nproc_per_node=2 -m nxrecipes nextflow train --tokenizer TOKDIR --steps 500 \
+        --parallel fsdp --out RUN                                     the same on 2 processes
     nx nextflow generate RUN --prompt "a red circle" ... --out grid.png [--cfg 3 --think]
     nx nextflow edit RUN --image a.png --instruction "make the circle blue" --out edited.png
     nx nextflow caption RUN --image a.png [b.png ...]
@@ -54,8 +56,9 @@ def _write_grid(images, captions: list[str], out: str, title: str) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from nxrecipes.nextflow.train import nextflow_training_tiny, train_nextflow
 
-    changes = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed))
-               if v is not None}
+    given = (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed),
+             ("parallel", args.parallel))
+    changes = {k: v for k, v in given if v is not None}
     if args.threads:
         import torch
 
@@ -143,6 +146,8 @@ def add_nextflow_commands(commands: Any) -> None:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
+    train.add_argument("--parallel", choices=("none", "ddp", "fsdp"),
+                       help="under torchrun: DistributedDataParallel or FSDP2 (default none)")
     train.add_argument("--threads", type=int)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=cmd_train)

@@ -217,7 +217,9 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, *, block_types: Iterable[type
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [env.device.index] if env.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        # A multimodal batch may skip a branch (a text-only NextFlow batch leaves the image embeddings
+        # unused); DDP must then be told to look for parameters without gradients.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
     if cfg.parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
