@@ -64,6 +64,7 @@ from nxrecipes.nextflow.sequence import Batch, collate
 from nxrecipes.tokenizer.objective import square_schedule
 from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
+from nxrecipes.train.curriculum import Curriculum
 from nxrecipes.train.distributed import autocast, init_distributed
 from nxrecipes.train.loop import WEIGHTS_FILE, Trainer
 from nxrecipes.train.optim import build_optimizer
@@ -200,7 +201,10 @@ class NextFlowDataConfig(Config):
     """What NextFlow trains on: ShapeWorld ``split`` rendered at ``size`` px (resized to the
     schedule's final grid times the tokenizer's downsample when that differs), ``samples`` indices
     per epoch drawn by ``task_mix``, every image on ``schedule``; ``alpha`` / ``text_weight``: the
-    loss weights of ``collate``; the rest: ``ExampleBuilder``'s knobs."""
+    loss weights of ``collate``; ``curriculum``: progressive resolution (``nxrecipes.train.curriculum``):
+    from each stage's ``start_step`` on, images train on the first ``num_scales`` scales of
+    ``schedule``, resized to that prefix's final grid (NextFlow's 256 -> 512 -> 1024 levels are the
+    first 12, 16, 18 steps of a Table 14 row); the rest: ``ExampleBuilder``'s knobs."""
 
     schedule: tuple[tuple[int, int], ...] = attrs.field(converter=_steps)
     size: int = attrs.field(default=64, validator=integer(at_least=1))
@@ -216,6 +220,22 @@ class NextFlowDataConfig(Config):
     self_correction_k: int = attrs.field(default=8, validator=integer(at_least=1))
     cfg_dropout: float = attrs.field(default=0.1, validator=_probability)
     caption_inversion: float = attrs.field(default=0.1, validator=_probability)
+    curriculum: Curriculum | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.curriculum is None:
+            return
+        if not isinstance(self.curriculum, Curriculum):
+            raise TypeError(
+                "NextFlowDataConfig.curriculum must be a Curriculum or None, got "
+                f"{type(self.curriculum).__name__}"
+            )
+        for stage in self.curriculum:
+            if stage.num_scales > len(self.schedule):
+                raise ValueError(
+                    f"curriculum stage {stage.name!r} trains {stage.num_scales} scales but the schedule has "
+                    f"{len(self.schedule)}; use at most {len(self.schedule)}"
+                )
 
     def dataset(self, seed: int) -> ShapeWorld:
         tasks, weights = zip(*self.task_mix, strict=True)
@@ -304,12 +324,24 @@ class NextFlowBatches(BatchSource):
 
     def __init__(self, dataset: Sequence[Any], builder: ExampleBuilder, batch_size: int, seed: int = 0, *,
                  alpha: float = 0.9, text_weight: float = 1.0, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, curriculum: Curriculum | None = None,
+                 grad_accum: int = 1) -> None:
         if not isinstance(builder, ExampleBuilder):
             raise TypeError(f"builder must be an ExampleBuilder, got {type(builder).__name__}")
         self.order = IndexedBatches(dataset, batch_size, seed, rank=rank, world_size=world_size, collate=list)
         self.builder = builder
         self.alpha, self.text_weight = alpha, text_weight
+        self.curriculum, self.grad_accum = curriculum, grad_accum
+        self._builders: dict[int, ExampleBuilder] = {}
+
+    def builder_at(self, update: int) -> ExampleBuilder:
+        """The builder of update ``update``: the curriculum stage's first ``num_scales`` scales of the
+        schedule (images resized to that prefix's final grid), or the full schedule."""
+        steps = tuple(self.builder.schedule.steps)
+        n = len(steps) if self.curriculum is None else self.curriculum.stage_at(update).num_scales
+        if n not in self._builders:
+            self._builders[n] = attrs.evolve(self.builder, schedule=Schedule(steps[:n]))
+        return self._builders[n]
 
     @property
     def position(self) -> int:
@@ -318,9 +350,10 @@ class NextFlowBatches(BatchSource):
     def next_batch(self) -> Batch:
         epoch = self.order.epoch
         indices = self.order.indices(self.order.position)
+        builder = self.builder_at(self.order.position // self.grad_accum)
         records = self.order.next_batch()
-        examples = self.builder.build(records, indices, epoch=epoch)
-        return collate(examples, self.builder.vocabulary, alpha=self.alpha, text_weight=self.text_weight)
+        examples = builder.build(records, indices, epoch=epoch)
+        return collate(examples, builder.vocabulary, alpha=self.alpha, text_weight=self.text_weight)
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict()
@@ -504,7 +537,8 @@ def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | 
     def batches() -> NextFlowBatches:
         return NextFlowBatches(cfg.data.dataset(tc.seed), builder, tc.batch_size, tc.seed,
                                alpha=cfg.data.alpha, text_weight=cfg.data.text_weight, rank=env.rank,
-                               world_size=env.world_size)
+                               world_size=env.world_size, curriculum=cfg.data.curriculum,
+                               grad_accum=tc.grad_accum)
 
     step_fn = NextFlowStep(detail=cfg.detail, per_scale=cfg.per_scale)
     total = tc.steps

@@ -10,6 +10,7 @@ from nxrecipes.data.shapeworld import ShapeWorld, make_sample
 from nxrecipes.nextflow import Text, collate
 from nxrecipes.nextflow.data import EOS, NEXTFLOW_SPECIALS, TASK_FORMATS, ExampleBuilder
 from nxrecipes.nextflow.train import NextFlowBatches
+from nxrecipes.train.curriculum import Curriculum, Stage
 
 SIZE = 32  # ShapeWorld's smallest; the builder resizes to the tokenizer's 8 px
 
@@ -159,6 +160,15 @@ def test_batches_resume_exactly(world, image_tokenizer):
             assert torch.equal(getattr(x, name), getattr(y, name))
         for g, h in zip(x.images, y.images, strict=True):
             assert all(torch.equal(u, v) for u, v in zip(g.inputs, h.inputs, strict=True))
+
+
+def test_a_curriculum_trains_a_prefix_of_the_schedule_first(world, image_tokenizer):
+    dataset = ShapeWorld("train", SIZE, ("t2i",), length=16, seed=0)
+    curriculum = Curriculum((Stage("low", 0, level=4, num_scales=2), Stage("full", 2, level=8, num_scales=3)))
+    source = NextFlowBatches(dataset, builder(world, image_tokenizer), batch_size=2, seed=3,
+                             curriculum=curriculum)
+    grids = [source.next_batch().images[0].schedule.steps for _ in range(3)]
+    assert grids == [((1, 1), (2, 2)), ((1, 1), (2, 2)), ((1, 1), (2, 2), (4, 4))]
 
 
 def test_bad_builders_and_records_are_refused(world, image_tokenizer):
