@@ -24,6 +24,9 @@ tokenizers, the scale ``schedule``; ``build()`` returns the objective itself. Re
 ``forward(images, schedule)`` returns ``reconstruction``, ``loss`` and ``codes``, as
 ``MultiScaleVQOutput`` does) and ``DualCodebookObjective`` (NextFlow's dual-codebook tokenizer,
 whose forward weighs its own terms into ``total``).
+
+An objective may also train in stages (``StagedObjective``: ``stage_index`` and ``enter_stage``,
+which the trainer calls before updates); ``DualCodebookObjective.stages`` is the reference.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "DualCodebookObjective",
     "MultiScaleVQObjective",
     "Reconstruction",
+    "StagedObjective",
     "TokenizerLoss",
     "TokenizerObjective",
     "check_objective",
@@ -82,6 +86,21 @@ class TokenizerObjective(Protocol):
     def loss(self, model: nn.Module, images: Tensor) -> TokenizerLoss: ...
 
     def reconstruct(self, model: nn.Module, images: Tensor) -> Reconstruction: ...
+
+
+@runtime_checkable
+class StagedObjective(Protocol):
+    """An objective that trains its model in stages (reference: ``DualCodebookObjective.stages``).
+
+    Before every update the trainer asks ``stage_index(step, total)`` (``total``: the updates of the
+    current plan) and, when the answer is past the stage it is in (or it is in none yet, as at the
+    start and after a resume), calls ``enter_stage(model, index)``, which makes only that stage's
+    parameters trainable and returns the stage's name. Stages only move forward. ``stage_index``
+    returns None when the objective has no stages (the model trains as built)."""
+
+    def stage_index(self, step: int, total: int) -> int | None: ...
+
+    def enter_stage(self, model: nn.Module, index: int) -> str: ...
 
 
 def _check_images(images: object) -> Tensor:
@@ -215,15 +234,55 @@ def _discrete_reconstruct(model: nn.Module, images: Tensor, schedule: Schedule) 
     return Reconstruction(images=model.decode(codes, schedule), codes=list(codes))
 
 
+def _stage_list(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(tuple(item) if isinstance(item, list) else item for item in value)
+    return value
+
+
+def _check_stages(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from nxcore.tokenizer.dual import STAGES
+
+    example = "(('pixel', 0.5), ('joint', 0.5))"
+    if not isinstance(value, tuple):
+        raise TypeError(f"DualCodebookObjective.stages must be a tuple of (stage, fraction) pairs such as "
+                        f"{example}, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        ok = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+        if ok:
+            name, fraction = item
+            ok = (isinstance(fraction, int | float) and not isinstance(fraction, bool)
+                  and 0 < fraction <= 1)
+        if not ok:
+            raise ValueError(f"DualCodebookObjective.stages[{i}] = {item!r} is not allowed; expected a "
+                             f"(stage, fraction) pair with a fraction in (0, 1], e.g. {example}")
+        if name not in STAGES:
+            raise ValueError(f"DualCodebookObjective.stages[{i}] names stage {name!r}; the stages are "
+                             f"{list(STAGES)} (DualCodebookTokenizer.set_stage)")
+    total = sum(f for _, f in value)
+    if value and abs(total - 1) > 1e-6:
+        raise ValueError(f"DualCodebookObjective.stages: the fractions sum to {total:g}, not 1; give each "
+                         f"stage its share of the updates, e.g. {example}")
+
+
 @config
-class DualCodebookObjective(Config, TokenizerObjective):
+class DualCodebookObjective(Config, TokenizerObjective, StagedObjective):
     """NextFlow's dual-codebook tokenizer: its own training forward's ``total`` (VQ + semantic
     cosine + L2 reconstruction + optional perceptual, weighted by its config), the named terms of
     ``DualCodebookOutput.losses`` as parts, and the codes of every kept scale (scale dropping,
     ``config.scale_drop``, applies in training). ``steps``: the schedule, as for
-    ``MultiScaleVQObjective``."""
+    ``MultiScaleVQObjective``.
+
+    ``stages``: branch-wise staged training (NextFlow §3.1), ``(stage, fraction)`` pairs in order,
+    the fractions of the run's updates summing to 1, each stage a ``DualCodebookTokenizer.STAGES``
+    name (``"pixel"``, ``"semantic"``, ``"joint"``, ``"decoder"``); e.g. ``(("pixel", 0.3),
+    ("joint", 0.7))``. The trainer enters each stage at its first update (``StagedObjective``),
+    resumed runs included. Empty (default): every branch trains throughout, as built.
+    """
 
     steps: tuple[tuple[int, int], ...] = attrs.field(converter=_steps)
+    stages: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_stage_list,
+                                                        validator=_check_stages)
 
     def build(self) -> Self:
         return self
@@ -248,6 +307,37 @@ class DualCodebookObjective(Config, TokenizerObjective):
 
     def reconstruct(self, model: nn.Module, images: Tensor) -> Reconstruction:
         return _discrete_reconstruct(model, images, self.schedule)
+
+    def stage_index(self, step: int, total: int) -> int | None:
+        """The stage of update ``step`` (0-based) of ``total``: stage i covers the updates from
+        ``round(c_i·total)`` up to ``round(c_{i+1}·total)``, c the running sums of the fractions (the
+        last stage runs to the end); None without stages."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total must be an int >= 1 (the planned updates), got {total!r}")
+        if not self.stages:
+            return None
+        end = 0.0
+        for i, (_, fraction) in enumerate(self.stages[:-1]):
+            end += fraction
+            if step < round(end * total):
+                return i
+        return len(self.stages) - 1
+
+    def enter_stage(self, model: nn.Module, index: int) -> str:
+        """``model.set_stage`` of ``stages[index]``: only that stage's branches stay trainable."""
+        from nxcore.tokenizer.dual import DualCodebookTokenizer
+
+        if not isinstance(model, DualCodebookTokenizer):
+            raise TypeError(
+                f"DualCodebookObjective trains a DualCodebookTokenizer, got {type(model).__name__}"
+            )
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.stages):
+            raise ValueError(f"index must be a stage index in [0, {len(self.stages)}), got {index!r}")
+        name = self.stages[index][0]
+        model.set_stage(name)
+        return name
 
 
 def check_objective(objective: object) -> TokenizerObjective:

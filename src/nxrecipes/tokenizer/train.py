@@ -27,6 +27,13 @@ a resumed run starts from it. Should the time run out anyway, the run stops ther
 saves, still within the budget. Resuming is exact with ``train.steps``; with ``minutes`` the plan
 depends on measured times.
 
+**Staged training.** An objective that is a ``StagedObjective`` (``DualCodebookObjective`` with
+``stages``: NextFlow's branch-wise training) is asked before every update which stage the update is
+in, as a fraction of the current plan of updates; on entering a stage the trainer calls its
+``enter_stage`` (``DualCodebookTokenizer.set_stage``: the other branches stop requiring grad, get
+no gradient and so no AdamW update) and logs ``stage`` (its index) to ``metrics.jsonl``. Stages only
+move forward; a resumed run enters the stage of the step it resumes at.
+
 **Checkpoints and resume** reuse the shared loop's pieces (``nxrecipes.train``): ``TrainConfig``,
 ``IndexedBatches``, AdamW + warmup-cosine, ``save_training_state`` / ``load_latest_training_state``
 (atomic; RNG and data position restored, so a resumed run draws the batches the uninterrupted one
@@ -59,6 +66,7 @@ from nxrecipes.tokenizer.objective import (
     AutoencoderObjective,
     DualCodebookObjective,
     MultiScaleVQObjective,
+    StagedObjective,
     TokenizerObjective,
     check_objective,
     square_schedule,
@@ -265,12 +273,20 @@ def dual_codebook_training_tiny(
 ) -> TokenizerTrainConfig:
     """NextFlow's dual-codebook tokenizer, CPU-sized, on ShapeWorld ``size`` px: pixel CNN ch 16,
     levels (1, 2, 2) (downsample 4), 256 shared-index codes with halves 8 (semantic) + 8 (pixel), a
-    one-block ViT against the default frozen-copy teacher, 50% scale dropping; VAR-style square
-    schedule ending at size / 4, batch 8. All branches train together (``set_stage`` not used)."""
+    one-block ViT against the default frozen-copy teacher; VAR-style square schedule ending at
+    size / 4, batch 8. All branches train together (no ``stages``).
+
+    Chosen by from-scratch runs of 400 updates on ShapeWorld 64 px (the 15-minute result is in
+    ``benchmarks/results/tokenizers/dual``): raw codewords with the cumulative VQ loss (``dual_tiny``;
+    TokenFlow's unit codewords collapse the codebook: 42% of codes, perplexity 7), no scale dropping
+    (NextFlow's 50% costs 4 dB at this budget: the decoder never sees the full sum it is evaluated
+    on) and the search led by the pixel half, ``w_sem = 0.0`` (the semantic half still learns its
+    codewords and ``decode_semantic`` works; w_sem 1 costs 2 dB).
+    """
     from nxcore.tokenizer.dual import dual_tiny
 
     tokenizer = dual_tiny(ch=16, ch_mult=(1, 2, 2), norm_groups=8, z_channels=16, codebook_size=256,
-                          sem_dim=8, pix_dim=8)
+                          sem_dim=8, pix_dim=8, scale_drop=0.0, w_sem=0.0)
     grid = size // tokenizer.downsample
     return TokenizerTrainConfig(
         tokenizer=tokenizer,
@@ -385,6 +401,20 @@ def train_tokenizer(cfg: TokenizerTrainConfig, *, progress: bool = True) -> Toke
         save_pretrained(model, tokenizer_dir)
         costs["save"] = time.perf_counter() - started
 
+    staged, stage = isinstance(objective, StagedObjective), None
+
+    def enter_stage() -> None:
+        """Staged objectives: enter the stage of this update once the plan reaches it (stages only
+        move forward; after a resume the stage of the resumed step)."""
+        nonlocal stage
+        want = objective.stage_index(step, total or tc.steps)
+        if want is not None and (stage is None or want > stage):
+            stage = want
+            name = objective.enter_stage(model, stage)
+            logger.log(step, {"stage": stage})
+            if progress:
+                bar.write(f"step {step}: stage {stage} ({name!r})")
+
     last_saved = None if resume is None else resume.step
     loss_value: float | None = None
     update_times: list[float] = []
@@ -396,6 +426,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, *, progress: bool = True) -> Toke
         bar.set_postfix(psnr=f"{report.psnr:.2f}")
         while total is None or step < total:
             started = time.perf_counter()
+            if staged:
+                enter_stage()
             images = data.next_batch()
             out, lr, grad_norm = _update(model, objective, optimizer, scheduler, images, tc.grad_clip, step,
                                          run_dir)

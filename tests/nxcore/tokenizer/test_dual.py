@@ -73,6 +73,7 @@ def test_tokenflow_like_has_tokenflows_sizes_and_nextflows_defaults():
     assert (c.pixel.ch, c.pixel.ch_mult, c.pixel.z_channels, c.downsample) == (128, (1, 1, 2, 2, 4), 256, 16)
     assert (c.inputs, c.scale_drop, c.down, c.up) == ("residual", 0.5, "area", "bicubic")
     assert (c.semantic.decoder_depth, c.semantic.target_dim) == (3, 768)
+    assert (c.unit_codewords, c.vq_loss) == (True, "step")  # TokenFlow's codebook_l2_norm, per-step loss
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,8 @@ def test_tokenflow_like_has_tokenflows_sizes_and_nextflows_defaults():
         (lambda: dual_tiny(scale_drop=1.5), ValueError, r"scale_drop = 1\.5 is not allowed"),
         (lambda: dual_tiny(scale_drop=-0.1), ValueError, r"scale_drop = -0\.1 is not allowed"),
         (lambda: dual_tiny(inputs="summed"), ValueError, r"inputs = 'summed'.*'accumulated', 'residual'"),
+        (lambda: dual_tiny(vq_loss="sum"), ValueError, r"vq_loss = 'sum' is not allowed.*\['step', 'cumulative'\]"),
+        (lambda: dual_tiny(unit_codewords=1), TypeError, r"unit_codewords = 1 is not allowed"),
         (lambda: DualCodebookConfig(pixel={"ch": 8}), TypeError, r"pixel must be a PixelConfig"),
         (lambda: DualCodebookTokenizer(PixelConfig()), TypeError, r"config must be a DualCodebookConfig"),
         (lambda: DualCodebookTokenizer(dual_tiny(teacher_dim=12)), ValueError,
@@ -141,14 +144,15 @@ def test_index_is_the_brute_force_argmin_of_the_weighted_normalised_distances(w_
     assert torch.equal(codes, d.argmin(-1))
 
 
-def test_two_steps_search_the_residual_left_by_the_first():
-    tok = _tokenizer(w_pix=0.5)
+@pytest.mark.parametrize("unit", [True, False])
+def test_two_steps_search_the_residual_left_by_the_first(unit):
+    tok = _tokenizer(w_pix=0.5, unit_codewords=unit)
     schedule = Schedule(((1, 1), (3, 4)))
     images = _images(2, 6, 8, seed=4)
     c0, c1 = tok.encode(images, schedule)
     rest = []
     for f, cb in zip(tok.features(images), (tok.codebook_sem.weight, tok.codebook_pix.weight), strict=True):
-        e = F.normalize(cb.float(), dim=-1)
+        e = F.normalize(cb.float(), dim=-1) if unit else cb.float()  # what the first step added
         first = F.interpolate(e[c0].permute(0, 3, 1, 2), size=(3, 4), mode="bicubic")
         rest.append(F.normalize((f - first).permute(0, 2, 3, 1), dim=-1))
     e_sem, e_pix = (F.normalize(w, dim=-1) for w in (tok.codebook_sem.weight, tok.codebook_pix.weight))
@@ -157,12 +161,30 @@ def test_two_steps_search_the_residual_left_by_the_first():
 
 
 def test_embed_codes_concatenates_the_unit_codewords_semantic_first():
+    tok = _tokenizer(unit_codewords=True)
     codes = torch.tensor([[[0, 5], [31, 7]]])
-    emb = TOKENIZER.embed_codes(codes, 2)
-    sem = F.normalize(TOKENIZER.codebook_sem.weight, dim=-1)[codes].permute(0, 3, 1, 2)
-    pix = F.normalize(TOKENIZER.codebook_pix.weight, dim=-1)[codes].permute(0, 3, 1, 2)
+    emb = tok.embed_codes(codes, 2)
+    sem = F.normalize(tok.codebook_sem.weight, dim=-1)[codes].permute(0, 3, 1, 2)
+    pix = F.normalize(tok.codebook_pix.weight, dim=-1)[codes].permute(0, 3, 1, 2)
     torch.testing.assert_close(emb, torch.cat([sem, pix], dim=1))
     torch.testing.assert_close(emb[:, :8].norm(dim=1), torch.ones(1, 2, 2))
+
+
+def test_raw_codewords_are_searched_by_cosine_but_added_and_embedded_as_they_are():
+    tok = _tokenizer(unit_codewords=False)
+    unit = _tokenizer(unit_codewords=True)  # same seed: same weights
+    images = _images(2, 6, 8, seed=3)
+    one = Schedule(((3, 4),))
+    assert torch.equal(tok.encode(images, one)[0], unit.encode(images, one)[0])  # the search is cosine
+    codes = torch.tensor([[[0, 5], [31, 7]]])
+    want = torch.cat([tok.codebook_sem.weight[codes], tok.codebook_pix.weight[codes]], -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(tok.embed_codes(codes, 0), want)
+    assert not torch.allclose(tok.embed_codes(codes, 0).norm(dim=1), torch.ones(1, 2, 2))
+    codes = tok.encode(images, SCHEDULE)
+    f_sem, f_pix = tok.quantized_features(codes, SCHEDULE)
+    want = sum(F.interpolate(tok.codebook_pix.weight[c].permute(0, 3, 1, 2), size=(3, 4), mode="bicubic")
+               for c in codes)
+    torch.testing.assert_close(f_pix, want)
 
 
 def test_residual_inputs_are_each_steps_embedding_up_sampled_and_accumulated_ones_differ():
@@ -266,8 +288,28 @@ def test_stage_freezes_exactly_the_other_branches(stage):
     assert all(p.requires_grad for n, p in tok.named_parameters() if not n.startswith("teacher."))
 
 
-def test_straight_through_and_step_losses_send_gradients_to_both_encoders():
-    tok = _tokenizer()
+def test_cumulative_vq_loss_compares_the_running_sum_with_the_features_and_teaches_codeword_length():
+    tok = _tokenizer(unit_codewords=False, vq_loss="cumulative")
+    images = _images(2, 6, 8, seed=7)
+    out = tok(images, SCHEDULE)  # eval mode: every step
+    f = [x.detach() for x in tok.features(images)]
+    want = 0.0
+    for k in range(1, len(SCHEDULE.steps) + 1):
+        f_hat = tok.quantized_features(out.codes[:k], SCHEDULE)
+        err = sum((a - b).square().sum() for a, b in zip(f_hat, f, strict=True))
+        want = want + err / sum(x.numel() for x in f)
+    torch.testing.assert_close(out.codebook_loss, want / len(SCHEDULE.steps))
+    torch.testing.assert_close(out.commitment_loss, out.codebook_loss)
+    out.codebook_loss.backward()
+    grad = tok.codebook_pix.weight.grad
+    used = out.codes[0].reshape(-1)[0]
+    row = tok.codebook_pix.weight[used].detach()
+    assert grad[used].abs().sum() > 0 and (grad[used] @ row).abs() > 1e-6  # not only a turn: a length change
+
+
+@pytest.mark.parametrize(("unit", "vq_loss"), [(True, "step"), (False, "cumulative")])
+def test_straight_through_and_vq_losses_send_gradients_to_both_encoders(unit, vq_loss):
+    tok = _tokenizer(unit_codewords=unit, vq_loss=vq_loss)
     out = tok(_images(1, 6, 8), SCHEDULE)
     out.commitment_loss.backward()
     assert tok.semantic_encoder.patch_embed.weight.grad.abs().sum() > 0

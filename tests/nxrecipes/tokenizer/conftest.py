@@ -6,7 +6,7 @@ import torch
 from nxcore.tokenizer.autoencoder import autoencoder_tiny
 from nxcore.tokenizer.multiscale import multiscale_vq_tiny
 from nxrecipes.tokenizer.data import ShapeWorldImages
-from nxrecipes.tokenizer.objective import AutoencoderObjective, MultiScaleVQObjective
+from nxrecipes.tokenizer.objective import AutoencoderObjective, DualCodebookObjective, MultiScaleVQObjective
 from nxrecipes.tokenizer.train import TokenizerTrainConfig, _train_config
 
 SIZE = 32
@@ -27,11 +27,12 @@ def tiny_dual_config():
     return dual_tiny(ch_mult=(1, 2, 2), codebook_size=16)
 
 
-def tiny_run(run_dir, kind="ae", *, steps=4, **changes):
-    tokenizer, objective = (
-        (tiny_ae_config(), AutoencoderObjective()) if kind == "ae"
-        else (tiny_vq_config(), MultiScaleVQObjective(steps=VQ_STEPS))
-    )
+def tiny_run(run_dir, kind="ae", *, steps=4, stages=(), **changes):
+    tokenizer, objective = {
+        "ae": lambda: (tiny_ae_config(), AutoencoderObjective()),
+        "vq": lambda: (tiny_vq_config(), MultiScaleVQObjective(steps=VQ_STEPS)),
+        "dual": lambda: (tiny_dual_config(), DualCodebookObjective(steps=VQ_STEPS, stages=stages)),
+    }[kind]()
     train = {"batch_size": 4, "lr": 3e-3, "warmup_steps": 0, "min_lr_ratio": 1.0, "checkpoint_every": 2,
              "log_every": 1}
     train.update(changes)

@@ -7,6 +7,7 @@ from nxrecipes.tokenizer.objective import (
     AutoencoderObjective,
     DualCodebookObjective,
     MultiScaleVQObjective,
+    StagedObjective,
     TokenizerObjective,
     square_schedule,
 )
@@ -97,3 +98,35 @@ def test_square_schedule_is_var_like_and_ends_on_the_grid():
 def test_bad_inputs_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_dual_stages_split_the_updates_in_order_and_round_trip_json():
+    objective = DualCodebookObjective(steps=VQ_STEPS, stages=[["pixel", 0.25], ["joint", 0.5], ["decoder", 0.25]])
+    assert objective.stages == (("pixel", 0.25), ("joint", 0.5), ("decoder", 0.25))
+    assert isinstance(objective, StagedObjective)
+    assert [objective.stage_index(s, 8) for s in range(8)] == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert objective.stage_index(100, 8) == 2  # past the plan: the last stage
+    assert DualCodebookObjective.from_json(objective.to_json()) == objective
+    assert DualCodebookObjective(steps=VQ_STEPS).stage_index(3, 8) is None  # no stages: as built
+    model = tiny_dual_config().build()
+    assert objective.enter_stage(model, 0) == "pixel" and model.stage == "pixel"
+    assert not any(p.requires_grad for p in model.semantic_encoder.parameters())
+    with pytest.raises(TypeError, match=r"trains a DualCodebookTokenizer"):
+        objective.enter_stage(tiny_vq_config().build(), 0)
+    with pytest.raises(ValueError, match=r"index must be a stage index in \[0, 3\)"):
+        objective.enter_stage(model, 3)
+
+
+@pytest.mark.parametrize(
+    ("stages", "error", "match"),
+    [
+        ((("pixel", 0.5), ("joint", 0.4)), ValueError, r"fractions sum to 0\.9, not 1"),
+        ((("pixels", 1.0),), ValueError, r"names stage 'pixels'; the stages are \['semantic', 'pixel'"),
+        ((("pixel", 0.0), ("joint", 1.0)), ValueError, r"stages\[0\] = \('pixel', 0\.0\) is not allowed"),
+        ((("pixel",),), ValueError, r"stages\[0\] = \('pixel',\) is not allowed"),
+        ("pixel", TypeError, r"stages must be a tuple of \(stage, fraction\) pairs"),
+    ],
+)
+def test_bad_dual_stages_are_named(stages, error, match):
+    with pytest.raises(error, match=match):
+        DualCodebookObjective(steps=VQ_STEPS, stages=stages)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -7,14 +8,15 @@ from nxrecipes.tokenizer.train import (
     TokenizerTrainConfig,
     _calibrate,
     autoencoder_training_tiny,
+    dual_codebook_training_tiny,
     load_run,
     multiscale_vq_training_tiny,
     train_tokenizer,
 )
 from nxrecipes.train.metrics import read_metrics
-from nxrecipes.train.state import list_checkpoints
+from nxrecipes.train.state import list_checkpoints, load_latest_training_state
 
-from .conftest import tiny_run
+from .conftest import tiny_dual_config, tiny_run
 
 
 def _weights(model):
@@ -60,6 +62,11 @@ def test_run_config_round_trips_json(tmp_path):
         assert TokenizerTrainConfig.from_json(cfg.to_json()) == cfg
     vq = multiscale_vq_training_tiny(tmp_path)
     assert vq.objective.steps[-1] == (16, 16)  # 64 px / downsample 4
+    dual = dual_codebook_training_tiny(tmp_path, minutes=15)
+    assert TokenizerTrainConfig.from_json(dual.to_json()) == dual
+    t = dual.tokenizer  # what reaches the issue-7 targets on ShapeWorld in 15 CPU minutes
+    assert (t.unit_codewords, t.vq_loss, t.scale_drop, t.codebook_size) == (False, "cumulative", 0.0, 256)
+    assert dual.objective.steps[-1] == (16, 16) and dual.objective.stages == ()
 
 
 def test_a_minute_budget_fixes_the_steps_after_calibration(tmp_path):
@@ -111,3 +118,35 @@ def test_a_longer_plan_never_raises_the_learning_rate_after_warmup():
     after_warmup = factors[4:]
     assert all(b <= a for a, b in zip(after_warmup, after_warmup[1:], strict=False))
     assert factors[0] < factors[4] == 1.0  # warmup still rises
+
+
+def _branch(model, names):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[0] in names}
+
+
+def test_staged_dual_training_freezes_the_other_branch_after_the_switch_and_resumes_in_its_stage(tmp_path):
+    from nxcore.tokenizer.dual import STAGES
+
+    stages = (("joint", 0.5), ("pixel", 0.5))  # updates 0-1 joint, 2-3 pixel only
+    whole = train_tokenizer(tiny_run(tmp_path / "whole", "dual", steps=4, stages=stages), progress=False)
+    assert [(r["step"], r["stage"]) for r in read_metrics(tmp_path / "whole") if "stage" in r] == [(0, 0), (2, 1)]
+
+    # the step-2 checkpoint (just before the switch) against the end of the run
+    shutil.copytree(tmp_path / "whole", tmp_path / "split")
+    shutil.rmtree(dict(list_checkpoints(tmp_path / "split"))[4])
+    at_switch = tiny_dual_config().build()
+    assert load_latest_training_state(tmp_path / "split", model=at_switch, optimizer=None, scheduler=None).step == 2
+    final = load_run(tmp_path / "whole").model
+    semantic = [n for n in STAGES["joint"] if n not in STAGES["pixel"]]
+    before, after = _branch(at_switch, semantic), _branch(final, semantic)
+    assert before and all(torch.equal(before[k], after[k]) for k in before)  # frozen: unchanged
+    before, after = _branch(at_switch, STAGES["pixel"]), _branch(final, STAGES["pixel"])
+    assert not torch.equal(before["encoder.conv_in.weight"], after["encoder.conv_in.weight"])
+
+    # resumed at step 2, the run re-enters the pixel stage and ends where the whole run did
+    resumed = train_tokenizer(tiny_run(tmp_path / "split", "dual", steps=4, stages=stages), progress=False)
+    assert resumed.resumed_from == 2
+    split = load_run(tmp_path / "split").model.state_dict()
+    assert all(torch.equal(split[k], v) for k, v in final.state_dict().items())
+    assert whole.report.psnr == pytest.approx(resumed.report.psnr)
+

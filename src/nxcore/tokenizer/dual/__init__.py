@@ -4,8 +4,8 @@
   branch, two codebooks with one shared index, joint fp32 search, decode (pixel half) and
   ``decode_semantic``; training ``forward`` (``DualCodebookOutput``: the multiscale tokenizer's fields
   plus the semantic and named losses), scale dropping, ``set_stage`` (``STAGES``);
-- ``DualCodebookConfig``, ``SemanticConfig``, ``PixelConfig``, ``dual_tiny``, ``tokenflow_like``
-  (``config.py``);
+- ``DualCodebookConfig``, ``SemanticConfig``, ``PixelConfig``, ``dual_tiny``, ``tokenflow_like``,
+  ``VQ_LOSSES`` (``config.py``);
 - the semantic branch (``semantic.py``): ``SemanticEncoder``, ``SemanticDecoder``, ``EncoderTeacher``
   (the frozen-copy default teacher), ``load_teacher`` (a local safetensors / weights-only file into a
   user-built module), ``teacher_features``;
@@ -14,6 +14,7 @@
 """
 
 from nxcore.tokenizer.dual.config import (
+    VQ_LOSSES,
     DualCodebookConfig,
     PixelConfig,
     SemanticConfig,
@@ -35,6 +36,7 @@ from nxcore.tokenizer.dual.tokenizer import STAGES, DualCodebookOutput, DualCode
 
 __all__ = [
     "STAGES",
+    "VQ_LOSSES",
     "DualCodebookConfig",
     "DualCodebookOutput",
     "DualCodebookTokenizer",

@@ -3,8 +3,9 @@
 - ``reconstruction_loss``: mean squared error between the pixel decoder's output and the images.
 - ``semantic_loss``: 1 − cosine similarity between the semantic decoder's prediction and the
   teacher's features, per latent cell, averaged over cells and images.
-- the VQ terms (codebook + β·commitment) come from ``residual_quantize(loss="step")``: each step's
-  L2-normalised codewords against the L2-normalised residual they quantized.
+- the VQ terms (codebook + β·commitment) come from ``residual_quantize(loss=config.vq_loss)``:
+  ``"step"`` (TokenFlow) compares each step's codewords with the residual it quantized (both
+  L2-normalised), ``"cumulative"`` (VAR) the running f̂_k with the features after every step.
 - the optional perceptual term is any callable ``(reconstruction, images) -> scalar`` (e.g. LPIPS);
   nx ships none (no downloadable weights at run time).
 

@@ -16,16 +16,19 @@ Pipeline::
     f_pix = quant_conv(encoder(images))               # the VAR/LDM CNN (multiscale/cnn.py), 1x1 conv
     codes = residual loop over the schedule, both streams searched jointly in fp32:
             idx = argmin_i  w_sem·‖ẑ_sem − ê_sem[i]‖² + w_pix·‖ẑ_pix − ê_pix[i]‖²    (^: L2-normalised)
-            one index space, two codebooks; each step adds the unit codewords ê[idx] (up-sampled)
+            one index space, two codebooks; each step adds the codewords e[idx] (up-sampled):
+            unit ones ê[idx] with config.unit_codewords (TokenFlow), raw ones otherwise (VAR)
     images   = decoder(post_quant_conv(f̂_pix))        # decode: the pixel half only (TokenFlow)
     semantic = semantic_decoder(f̂_sem)                # decode_semantic: predicted teacher features
 
-(``nxcore.tokenizer.multiscale.quantizer``: ``residual_quantize(normalize=True, loss="step")`` with two
-``CodebookStream``s, ``normalized=True``, weights ``w_sem`` / ``w_pix``; no φ convs, as TokenFlow.)
+(``nxcore.tokenizer.multiscale.quantizer``: ``residual_quantize(normalize=True, loss=config.vq_loss)``
+with two ``CodebookStream``s, ``normalized=config.unit_codewords``, weights ``w_sem`` / ``w_pix``; no
+φ convs, as TokenFlow.)
 
 **What the protocol methods return.** ``embed_codes(codes, step)``: [batch, code_dim, h, w], the
-L2-normalised semantic codeword followed by the L2-normalised pixel codeword of every cell (the
-features a step contributes before up-sampling; ``step`` is checked, not used).
+semantic codeword followed by the pixel codeword of every cell, each L2-normalised with
+``unit_codewords`` (the features a step contributes before up-sampling; ``step`` is checked, not
+used).
 ``next_scale_inputs(codes, schedule)``: one [batch, code_dim, h_{k+1}, w_{k+1}] map per given grid
 k < K, both halves concatenated; ``config.inputs = "residual"`` (default, NextFlow §2.2: step k's
 own codewords up-sampled to the next grid, no accumulation) or ``"accumulated"`` (VAR: the running
@@ -220,11 +223,12 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
 
     @property
     def streams(self) -> tuple[CodebookStream, CodebookStream]:
-        """(semantic, pixel) streams of the residual loop: unit codewords, weights w_sem / w_pix."""
+        """(semantic, pixel) streams of the residual loop: weights w_sem / w_pix, codewords
+        L2-normalised at lookup when ``config.unit_codewords``."""
         c = self.config
         return (
-            CodebookStream(self.codebook_sem.weight, weight=c.w_sem, normalized=True),
-            CodebookStream(self.codebook_pix.weight, weight=c.w_pix, normalized=True),
+            CodebookStream(self.codebook_sem.weight, weight=c.w_sem, normalized=c.unit_codewords),
+            CodebookStream(self.codebook_pix.weight, weight=c.w_pix, normalized=c.unit_codewords),
         )
 
     def check_images(self, images: object, schedule: ScaleSchedule) -> Tensor:
@@ -261,7 +265,7 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
         c = self.config
         return residual_quantize(
             self.features(images), self.streams, as_steps(_schedule(schedule)), down=c.down, up=c.up,
-            normalize=True, keep=keep, loss="step",
+            normalize=True, keep=keep, loss=c.vq_loss,
         )
 
     # --- the protocol ----------------------------------------------------------------------------
@@ -279,7 +283,7 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
     def quantized_features(
         self, codes: Sequence[Int[Tensor, "batch _h _w"]], schedule: ScaleSchedule
     ) -> tuple[Float[Tensor, "batch sem_dim gh gw"], Float[Tensor, "batch pix_dim gh gw"]]:
-        """(f̂_sem, f̂_pix) = Σ_k up(ê[codes_k]) over the given grids (a prefix of the schedule), fp32."""
+        """(f̂_sem, f̂_pix) = Σ_k up(e[codes_k]) over the given grids (a prefix of the schedule), fp32."""
         steps = as_steps(_schedule(schedule))
         codes = check_codes(codes, steps, self.codebook_size)
         return reconstruct(self.streams, codes, steps, up=self.config.up)
@@ -302,8 +306,9 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
 
     @typecheck
     def embed_codes(self, codes: Int[Tensor, "batch h w"], step: int) -> Float[Tensor, "batch code_dim h w"]:
-        """[ê_sem ‖ ê_pix] of every cell: [batch, sem_dim + pix_dim, h, w], fp32 (``step`` is checked,
-        not used: one codebook pair serves every step)."""
+        """[e_sem ‖ e_pix] of every cell (unit codewords with ``config.unit_codewords``): [batch,
+        sem_dim + pix_dim, h, w], fp32 (``step`` is checked, not used: one codebook pair serves every
+        step)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0 (a schedule step index), got {step!r}")
         check_tensor("codes", codes, ndim=3, kind="int")
@@ -313,7 +318,7 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
                 f"{self.codebook_size}) (the codebook size); pass indices of this tokenizer's codebook"
             )
         codes = codes.long()
-        return torch.cat([lookup(s.codebook, codes, normalized=True) for s in self.streams], dim=1)
+        return torch.cat([lookup(s.codebook, codes, normalized=s.normalized) for s in self.streams], dim=1)
 
     @typecheck
     def next_scale_inputs(
