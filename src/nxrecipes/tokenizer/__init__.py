@@ -30,6 +30,7 @@ _EXPORTS = {
         "DualCodebookObjective",
         "MultiScaleVQObjective",
         "Reconstruction",
+        "StagedObjective",
         "TokenizerLoss",
         "TokenizerObjective",
         "square_schedule",
