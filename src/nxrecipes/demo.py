@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("-n", "--num", type=int, default=64, help="prompts scored per split")
     parser.add_argument("--tokenizer-minutes", type=float, default=2.5,
                         help="image tokenizer training budget")
-    parser.add_argument("--minutes", type=float, default=4.5, help="nextflow_tiny training budget")
+    parser.add_argument("--minutes", type=float, default=4.0, help="nextflow_tiny training budget")
+    parser.add_argument("--eval-num", type=int, default=32, help="prompts per split scored for nextflow_tiny")
     parser.add_argument("--no-train", action="store_true", help="data pictures and ground truth only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
     written = "{shapeworld_t2i,shapeworld_tasks,next_scale_steps}.png, shapeeval_ground_truth.json"
     if not args.no_train:
         report = train_nextflow_demo(args.out, tokenizer_minutes=args.tokenizer_minutes, minutes=args.minutes,
-                                     num=args.num)
+                                     num=args.eval_num)
         atomic_write_text(args.out / "nextflow_shapeeval.json", json.dumps(report, indent=2) + "\n")
         written += ", nextflow_samples.png, nextflow_shapeeval.json"
     print(f"\nwrote {args.out}/ {written} in {time.perf_counter() - started:.1f} s")

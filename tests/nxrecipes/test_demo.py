@@ -16,7 +16,8 @@ def test_demo_writes_pictures_and_ground_truth_scores(tmp_path):
 
 
 def test_demo_trains_generates_and_scores(tmp_path):
-    out = main(["--out", str(tmp_path), "-n", "4", "--tokenizer-minutes", "0.1", "--minutes", "0.15"])
+    out = main(["--out", str(tmp_path), "-n", "4", "--eval-num", "4", "--tokenizer-minutes", "0.1",
+                "--minutes", "0.15"])
     assert Image.open(out / "nextflow_samples.png").width > 300
     report = json.loads((out / "nextflow_shapeeval.json").read_text())
     assert 0 <= report["shapeeval_test"]["overall"] <= 1 and "knowledge_think" in report
