@@ -216,8 +216,9 @@ class NextFlow(nn.Module):
     def loss(self, batch: Batch, *, detail: bool = False, per_scale: bool = False
              ) -> tuple[Tensor, dict[str, float]]:
         """The weighted cross-entropy of every target (``head.loss``: fused, weights of the batch) and
-        metrics: ``tokens``; with ``detail`` also ``loss/text`` and ``loss/image`` (unweighted means,
-        from full logits: small models only), with ``per_scale`` also ``loss/scale_k``."""
+        metrics: ``tokens``; with ``detail`` also ``loss/text`` and ``loss/image`` (unweighted means of
+        ``sampling_nll``, from full logits: small models only), with ``per_scale`` also
+        ``loss/scale_k``."""
         return self(batch, with_loss=True, detail=detail, per_scale=per_scale)
 
     def _loss(self, hidden: Tensor, batch: Batch, detail: bool, per_scale: bool
@@ -230,7 +231,7 @@ class NextFlow(nn.Module):
         if not (detail or per_scale):
             return loss, metrics
         with torch.no_grad():
-            per_token = F.cross_entropy(self.logits(rows.detach()), targets, reduction="none")
+            per_token = self.sampling_nll(rows.detach(), targets)
             is_code = self.vocabulary.is_code(targets)
             for name, sel in (("text", ~is_code), ("image", is_code)):
                 if sel.any():
@@ -240,6 +241,20 @@ class NextFlow(nn.Module):
                 for k in scale[is_code].unique().tolist():
                     metrics[f"loss/scale_{k}"] = float(per_token[is_code & (scale == k)].mean())
         return loss, metrics
+
+    def sampling_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """[tokens] negative log-likelihood of each target under the distribution the sampler draws
+        from: a code competes with the other codes only, a text token with the non-code ids. The same
+        quantity whatever the head (shared or split), so ablations compare."""
+        logits = self.logits(hidden)
+        lo, hi = self.vocabulary.code_range
+        is_code = (targets >= lo) & (targets < hi)
+        codes = torch.full_like(logits, float("-inf"))
+        codes[:, lo:hi] = logits[:, lo:hi]
+        text = logits.clone()
+        text[:, lo:hi] = float("-inf")
+        return torch.where(is_code, F.cross_entropy(codes, targets, reduction="none"),
+                           F.cross_entropy(text, targets, reduction="none"))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

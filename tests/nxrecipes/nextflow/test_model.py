@@ -93,6 +93,17 @@ def test_separate_heads_is_one_config_change(world):
     assert torch.isfinite(loss)
 
 
+def test_sampling_nll_is_the_split_heads_own_loss(world):
+    # a code competes with codes only: for separate heads that is exactly their training loss
+    split = world.model(head=separate_heads(world.config()).head)
+    batch = collate([example(world, world.codes(1), 0)], world.vocab)
+    with torch.no_grad():
+        hidden = split(batch)
+    rows = batch.targets != -100
+    nll = split.sampling_nll(hidden[rows], batch.targets[rows])
+    torch.testing.assert_close(nll.mean(), split.head.loss(hidden[rows], batch.targets[rows]))
+
+
 def test_config_round_trips_through_json(world):
     cfg = separate_heads(world.config(inputs="accumulated"))
     assert NextFlowConfig.from_json(cfg.to_json()) == cfg
