@@ -80,10 +80,12 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
         RESULTS / f"{name}-samples.png")
     plot_run(cfg.run_dir, RESULTS / f"{name}-metrics.png", keys=["loss"])
     metrics = read_metrics(cfg.run_dir)
+    nll = heldout_nll(cfg.run_dir)
     record = {
         "name": name, "minutes": RUNS[name][0], "changes": RUNS[name][1], "steps": summary.step,
         "train_seconds": round(trained_s, 1), "threads": threads, "report": report,
         "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
+        "heldout_nll": nll,
         "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
         "command": f"python benchmarks/nextflow_quality.py --tokenizer {tokenizer} --runs {name} "
                    f"--threads {threads}",
@@ -93,6 +95,35 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
     print(f"{name}: {summary.step} steps, test {report['shapeeval_test']['overall']:.3f}, heldout "
           f"{report['shapeeval_heldout']['overall']:.3f}", flush=True)
     return record
+
+
+@torch.no_grad()
+def heldout_nll(run_dir: Path, num: int = 64) -> dict[str, float]:
+    """Mean negative log-likelihood per scale (``NextFlow.sampling_nll``: codes against codes) of
+    ``num`` test-split text-to-image examples, clean inputs and targets (no self-correction, no
+    dropout): one fixed yardstick for every ablation, whatever its training inputs or head."""
+    from nxrecipes.nextflow.data import ExampleBuilder
+    from nxrecipes.nextflow.sequence import collate
+    from nxrecipes.nextflow.train import load_run
+
+    run = load_run(run_dir)
+    builder = ExampleBuilder(text=run.text_tokenizer, vocabulary=run.vocabulary,
+                             image_tokenizer=run.image_tokenizer, schedule=run.schedule,
+                             self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
+    records = list(ShapeWorld(split="test", size=32, tasks=("t2i",), length=num, seed=11))
+    sums: dict[str, list[float]] = {}
+    for i in range(0, num, 16):
+        batch = collate(builder.build(records[i : i + 16], list(range(i, i + 16))), run.vocabulary)
+        hidden = run.model(batch)
+        rows = batch.targets != -100
+        nll = run.model.sampling_nll(hidden[rows], batch.targets[rows])
+        scale = torch.cat([torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(run.schedule.steps)])
+                           for _ in range(batch.ids.shape[0])])
+        codes = run.vocabulary.is_code(batch.targets[rows])
+        for k in range(len(run.schedule.steps)):
+            sums.setdefault(f"scale_{k}", []).extend(nll[codes][scale == k].tolist())
+        sums.setdefault("image", []).extend(nll[codes].tolist())
+    return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
 def summary() -> str:
@@ -111,6 +142,40 @@ def summary() -> str:
             f"| {p.get('caption_exact', float('nan')):.3f} | {p.get('knowledge_plain', float('nan')):.3f} "
             f"| {p.get('knowledge_think', float('nan')):.3f} |"
         )
+    return "\n".join(rows) + "\n\n" + nll_table() + "\n\n" + loss_table()
+
+
+def nll_table() -> str:
+    """Held-out NLL per scale (``heldout_nll``) of every recorded run that has it."""
+    paths = [RESULTS / f"{n}.json" for n in RUNS]
+    records = [r for r in (json.loads(p.read_text()) for p in paths if p.exists()) if "heldout_nll" in r]
+    if not records:
+        return ""
+    keys = list(records[0]["heldout_nll"])
+    rows = ["| run (held-out NLL, nats) | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in records:
+        rows.append(f"| {r['name']} | " + " | ".join(f"{r['heldout_nll'][k]:.3f}" for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def loss_table(tail: float = 0.2) -> str:
+    """Training loss per scale (and text, image), averaged over the last ``tail`` of each run's
+    logged steps: the per-scale view of Fig. 11 for the ablations."""
+    paths = [RESULTS / f"{n}.json" for n in RUNS]
+    records = [json.loads(p.read_text()) for p in paths if p.exists()]
+    if not records:
+        return ""
+    keys = sorted({k for r in records for m in r["curves"] for k in m if k.startswith("loss/")},
+                  key=lambda k: (not k.startswith("loss/scale"), len(k), k))
+    rows = ["| run | " + " | ".join(k.removeprefix("loss/") for k in keys) + " |",
+            "|---|" + "---|" * len(keys)]
+    for r in records:
+        curves = r["curves"][-max(1, int(len(r["curves"]) * tail)):]
+        means = []
+        for k in keys:
+            values = [m[k] for m in curves if k in m]
+            means.append(f"{sum(values) / len(values):.3f}" if values else "")
+        rows.append(f"| {r['name']} | " + " | ".join(means) + " |")
     return "\n".join(rows)
 
 
@@ -122,12 +187,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-n", "--num", type=int, default=64, help="t2i prompts per split in the report")
     parser.add_argument("--summary", action="store_true", help="print the table of recorded runs")
+    parser.add_argument("--add-heldout-nll", action="store_true",
+                        help="add the held-out NLL per scale of every recorded run (in --work) to its record")
     args = parser.parse_args()
     if args.runs and args.tokenizer is None:
         parser.error("--runs needs --tokenizer")
     for name in args.runs:
         run(name, args.tokenizer, args.work, args.threads, args.num)
-    if args.summary or args.runs:
+    if args.add_heldout_nll:
+        torch.set_num_threads(args.threads)
+        for name in RUNS:
+            path = RESULTS / f"{name}.json"
+            if path.exists() and (args.work / name).is_dir():
+                record = json.loads(path.read_text())
+                record["heldout_nll"] = heldout_nll(args.work / name)
+                atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    if args.summary or args.runs or args.add_heldout_nll:
         table = summary()
         print(table)
         atomic_write_text(RESULTS / "summary.md", table + "\n")
