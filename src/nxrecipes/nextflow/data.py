@@ -86,10 +86,6 @@ def _schedule(value: Any) -> ScaleSchedule:
     return value if isinstance(value, ScaleSchedule) else Schedule(value)
 
 
-def _probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    in_range(0.0, 1.0)(instance, attribute, value)
-
-
 @attrs.frozen(kw_only=True, eq=False)
 class ExampleBuilder:
     """Makes ``Example``s from ShapeWorld records (module docstring): ``build(records, indices)``.
@@ -105,11 +101,11 @@ class ExampleBuilder:
     vocabulary: Vocabulary
     image_tokenizer: nn.Module
     schedule: ScaleSchedule = attrs.field(converter=_schedule)
-    self_correction_p: float = attrs.field(default=1.0, validator=_probability)
-    self_correction_fraction: float = attrs.field(default=0.6, validator=_probability)
+    self_correction_p: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0))
+    self_correction_fraction: float = attrs.field(default=0.6, validator=in_range(0.0, 1.0))
     self_correction_k: int = attrs.field(default=8, validator=integer(at_least=1))
-    cfg_dropout: float = attrs.field(default=0.1, validator=_probability)
-    caption_inversion: float = attrs.field(default=0.1, validator=_probability)
+    cfg_dropout: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
+    caption_inversion: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     seed: int = attrs.field(default=0, validator=integer(at_least=0))
 
     def __attrs_post_init__(self) -> None:

@@ -380,7 +380,3 @@ def interleave(
 def image_part(codes: Sequence[Tensor], schedule: ScaleSchedule, index: int = 0) -> Image:
     """Row ``index`` of generated or encoded codes as a context ``Image`` part (no loss)."""
     return Image.of([c[index] for c in codes], schedule, loss=False)
-
-
-def text_part(ids: Sequence[int]) -> Text:
-    return Text(ids, loss=False)

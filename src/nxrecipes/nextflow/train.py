@@ -128,10 +128,6 @@ t2i rows' worth, so on 2 CPU cores they are left to runs that ask for them."""
 # --- configs -----------------------------------------------------------------------------------
 
 
-def _probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    in_range(0.0, 1.0)(instance, attribute, value)
-
-
 def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(
@@ -215,11 +211,11 @@ class NextFlowDataConfig(Config):
     vary_background: bool = attrs.field(default=False, validator=_boolean)
     alpha: float = attrs.field(default=0.9, validator=[finite_number(), non_negative()])
     text_weight: float = attrs.field(default=1.0, validator=[finite_number(), non_negative()])
-    self_correction_p: float = attrs.field(default=1.0, validator=_probability)
-    self_correction_fraction: float = attrs.field(default=0.6, validator=_probability)
+    self_correction_p: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0))
+    self_correction_fraction: float = attrs.field(default=0.6, validator=in_range(0.0, 1.0))
     self_correction_k: int = attrs.field(default=8, validator=integer(at_least=1))
-    cfg_dropout: float = attrs.field(default=0.1, validator=_probability)
-    caption_inversion: float = attrs.field(default=0.1, validator=_probability)
+    cfg_dropout: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
+    caption_inversion: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     curriculum: Curriculum | None = attrs.field(default=None)
 
     def __attrs_post_init__(self) -> None:
