@@ -5,6 +5,7 @@ from nxcore.head.protocol import (
     IGNORE_INDEX,
     ContinuousHead,
     DiscreteHead,
+    JoinableField,
     OutputHead,
     VelocityField,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ContinuousHead",
     "DiscreteHead",
+    "JoinableField",
     "LinearHead",
     "LinearHeadConfig",
     "OutputHead",

@@ -16,6 +16,7 @@ row carries loss the result is 0 and still differentiable (no NaN).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
@@ -34,6 +35,14 @@ class VelocityField(Protocol):
     def __call__(
         self, x: Float[Tensor, "tokens latent_dim"], t: Float[Tensor, " tokens"]
     ) -> Float[Tensor, "tokens latent_dim"]: ...
+
+
+@runtime_checkable
+class JoinableField(VelocityField, Protocol):
+    """A field that can be evaluated together with others of its kind in one call (the CFG branches of
+    one head): ``join(others)`` is one field over the rows of ``self`` then each of ``others``."""
+
+    def join(self, others: Sequence[VelocityField]) -> VelocityField: ...
 
 
 @runtime_checkable

@@ -26,9 +26,19 @@ Both grids evaluate each field exactly N times. The random stream is consumed in
 the initial noise ``torch.randn(shape, generator=generator, dtype=float32)`` (drawn on the
 generator's device, then moved to the field's), then one draw of the same shape per stochastic step.
 
-Guidance (on velocities, float32), with ``w = guidance(step, num_steps)`` for the current token:
-no uncond -> ``v_c``; one -> ``v_u + w (v_c - v_u)``; two (editing, ``uncond = (image + negative
-prompt, negative prompt only)``) -> ``v_u2 + image_guidance (v_u1 - v_u2) + w (v_c - v_u1)``.
+Guidance (on velocities, float32), with ``w = guidance(step, num_steps)`` and
+``w_img = image_guidance(step, num_steps)`` for the current token: no uncond -> ``v_c``; one ->
+``v_u + w (v_c - v_u)``; two (editing, ``uncond = (image + negative prompt, negative prompt only)``)
+-> ``v_u2 + w_img (v_u1 - v_u2) + w (v_c - v_u1)``. Both weights take a schedule: the official
+``cfg_schedule="linear"`` decays ``cfg`` and ``cfg_img`` alike (``LinearDecay`` for both).
+
+Fields that can be evaluated together (``JoinableField``: ``cond.join(uncond)`` gives one field over
+the stacked rows) are, in one call per step: the upstream head call (``cat([x] * branches)``), which
+is faster and rounds as upstream does in bf16.
+
+Noise (``noise_repeat``): ``None`` draws every row independently; ``k`` draws ``[k, latent_dim]`` and
+tiles it over the rows (row i gets draw ``i % k``), the official pipeline's sharing of noise between
+the k-th images of every caption (``num_images_per_caption = k``).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from torch import Tensor
 
 from nxcore.checks import check_tensor
 from nxcore.config import finite_number, integer, one_of
-from nxcore.head.protocol import VelocityField
+from nxcore.head.protocol import JoinableField, VelocityField
 from nxcore.sampler._checks import check_uncond_sequence, is_callable
 from nxcore.sampler.guidance import (
     ConstantGuidance,
@@ -87,7 +97,8 @@ class FlowSampler(LatentSampler):
 
     Fields: ``num_steps`` (>= 1), ``shift`` (> 0, 1 = uniform grid), ``method`` ("ode" | "sde"),
     ``timesteps`` ("clean" | "nextstep1"), ``guidance`` (schedule over tokens, a number, or any
-    callable ``(step, num_steps) -> w``), ``image_guidance`` (the 3-way image weight).
+    callable ``(step, num_steps) -> w``), ``image_guidance`` (the 3-way image weight, same forms),
+    ``noise_repeat`` (None, or the number of independent noise rows tiled over the tokens).
     """
 
     num_steps: int = attrs.field(default=20, validator=integer(at_least=1))
@@ -97,7 +108,12 @@ class FlowSampler(LatentSampler):
     guidance: Callable[[int, int], float] = attrs.field(
         default=ConstantGuidance(1.0), converter=as_guidance, validator=is_callable
     )
-    image_guidance: float = attrs.field(default=1.0, validator=finite_number())
+    image_guidance: Callable[[int, int], float] = attrs.field(
+        default=ConstantGuidance(1.0), converter=as_guidance, validator=is_callable
+    )
+    noise_repeat: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(integer(at_least=1))
+    )
 
     @classmethod
     def examples(cls) -> list[FlowSampler]:
@@ -106,6 +122,8 @@ class FlowSampler(LatentSampler):
             cls(num_steps=10, method="sde", shift=3.0, guidance=ConstantGuidance(4.0)),
             cls(num_steps=10, timesteps="nextstep1", guidance=LinearDecay(7.5), image_guidance=2.0),
             cls(num_steps=6, timesteps="nextstep1", shift=3.2, guidance=7.5),
+            cls(num_steps=5, timesteps="nextstep1", guidance=LinearDecay(3.0),
+                image_guidance=LinearDecay(2.0), noise_repeat=1),
         ]
 
     def steps(self) -> list[tuple[float, float, bool]]:
@@ -145,21 +163,35 @@ class FlowSampler(LatentSampler):
         fields += [(f"uncond[{i}]", f) for i, f in enumerate(extra)]
         shape = _check_fields(fields)
         w = guidance_weight(self.guidance, step, num_steps)
+        w_img = guidance_weight(self.image_guidance, step, num_steps) if len(fields) == 3 else 1.0
         device = torch.device(getattr(cond, "device", "cpu"))
         noise_device = generator.device if generator is not None else device
+        rows = shape[0] if self.noise_repeat is None else self.noise_repeat
+        if shape[0] % rows:
+            raise ValueError(
+                f"noise_repeat = {self.noise_repeat} does not divide the {shape[0]} tokens sampled; "
+                "pass the number of images per caption (every caption has that many rows) or None"
+            )
+        joined = cond.join(extra) if extra and isinstance(cond, JoinableField) else None
 
         def noise() -> Tensor:
-            draw = torch.randn(shape, generator=generator, dtype=torch.float32, device=noise_device)
-            return draw.to(device)
+            draw = torch.randn((rows, shape[1]), generator=generator, dtype=torch.float32,
+                               device=noise_device)
+            return draw.to(device).repeat(shape[0] // rows, 1)
 
         def velocity(x: Tensor, t: float) -> Tensor:
             times = torch.full((shape[0],), t, dtype=torch.float32, device=device)
-            v = [_evaluate(name, f, x, times, t) for name, f in fields]
+            if joined is not None:
+                k = len(fields)
+                v_all = _evaluate("cond.join(uncond)", joined, x.repeat(k, 1), times.repeat(k), t)
+                v = list(v_all.chunk(k))
+            else:
+                v = [_evaluate(name, f, x, times, t) for name, f in fields]
             if len(v) == 1:
                 return v[0]
             if len(v) == 2:
                 return mix_guidance(v[0], v[1], w)
-            return mix_image_guidance(v[0], v[1], v[2], w, float(self.image_guidance))
+            return mix_image_guidance(v[0], v[1], v[2], w, w_img)
 
         x = noise()
         for t, t_next, stochastic in self.steps():

@@ -190,6 +190,60 @@ def test_guidance_schedule_follows_the_token_index():
         torch.testing.assert_close(out, noise(0) + w, atol=1e-5, rtol=1e-5)
 
 
+def test_image_guidance_follows_its_own_schedule():
+    """The official linear schedule decays cfg_img per token as it decays cfg."""
+    sampler = FlowSampler(num_steps=2, method="ode", guidance=LinearDecay(3.0), image_guidance=LinearDecay(2.0))
+    for step in (0, 4):
+        out = sampler.sample(constant_field(1.0), [constant_field(0.5), constant_field(0.0)], step=step,
+                             num_steps=8, generator=gen(0))
+        w, w_img = 1 + 2.0 * (8 - step) / 8, 1 + 1.0 * (8 - step) / 8
+        torch.testing.assert_close(out, noise(0) + (w_img * 0.5 + w * 0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ode", "sde"])
+def test_noise_repeat_tiles_one_draw_over_the_rows(method):
+    shape = (6, 4)
+    field = CallableField(lambda x, t: torch.zeros_like(x), shape)
+    out = FlowSampler(num_steps=3, method=method, noise_repeat=2).sample(field, generator=gen(3))
+    torch.testing.assert_close(out[0::2], out[0:1].expand(3, 4))
+    torch.testing.assert_close(out[1::2], out[1:2].expand(3, 4))
+    if method == "ode":
+        assert torch.equal(out[:2], noise(3, (2, 4)))
+    with pytest.raises(ValueError, match="noise_repeat = 4 does not divide the 6 tokens"):
+        FlowSampler(num_steps=3, noise_repeat=4).sample(field, generator=gen(3))
+
+
+class JoinableRecorder:
+    """A joinable field v = scale * x whose joined form evaluates every branch in one call."""
+
+    calls = 0
+
+    def __init__(self, scale, rows=SHAPE[0]):
+        self.scales, self.shape = torch.full((rows, 1), float(scale)), (rows, SHAPE[1])
+
+    def __call__(self, x, t):
+        JoinableRecorder.calls += 1
+        return self.scales * x
+
+    def join(self, others):
+        joined = JoinableRecorder(0.0, rows=self.shape[0] * (1 + len(others)))
+        joined.scales = torch.cat([self.scales, *(o.scales for o in others)])
+        return joined
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+def test_joinable_fields_are_evaluated_in_one_call_with_the_same_result(branches):
+    fields = [JoinableRecorder(s) for s in (-1.0, 0.5, 2.0)[:branches]]
+    plain = [CallableField(f, f.shape) for f in fields]
+    sampler = FlowSampler(num_steps=5, guidance=3.0, image_guidance=1.5)
+    JoinableRecorder.calls = 0
+    joined = sampler.sample(fields[0], fields[1:], generator=gen(1))
+    assert JoinableRecorder.calls == 5
+    separate = sampler.sample(plain[0], plain[1:], generator=gen(1))
+    assert JoinableRecorder.calls == 5 + 5 * branches
+    torch.testing.assert_close(joined, separate, atol=1e-6, rtol=1e-6)
+
+
 def test_every_field_is_evaluated_num_steps_times():
     counts = [0, 0, 0]
 
@@ -229,7 +283,8 @@ def test_properties_and_examples():
          r"method = 'euler' is not allowed; expected one of \['ode', 'sde'\]"),
         (lambda: FlowSampler(timesteps="hf"), ValueError, r"timesteps = 'hf'.*'nextstep1'"),
         (lambda: FlowSampler(guidance=None), TypeError, r"guidance = None is not callable"),
-        (lambda: FlowSampler(image_guidance=float("inf")), ValueError, r"image_guidance = inf"),
+        (lambda: FlowSampler(image_guidance=float("inf")), ValueError, r"scale = inf"),
+        (lambda: FlowSampler(noise_repeat=0), ValueError, r"noise_repeat = 0"),
         (lambda: time_shift(torch.tensor([0.5]), 0.0), ValueError, r"shift = 0.0 must be"),
         (lambda: time_shift(torch.tensor([1.5]), 2.0), ValueError, r"t must lie in \[0, 1\]"),
         (lambda: CallableField(lambda x, t: x, (3,)), ValueError, r"shape must be \(tokens, "),
