@@ -10,6 +10,8 @@
     nx tokenizer train|eval|reconstruct   train a tiny image tokenizer, score it, show reconstructions
     nx data extract --tokenizer DIR --out DIR   per-scale indices of a dataset, sharded on disk
     nx nextflow train|generate|edit|caption|eval   NextFlow on ShapeWorld (nxrecipes/nextflow/cli.py)
+    nx nextstep1 train|generate|edit      NextStep-1: ShapeWorld runs and official checkpoints
+                                          (nxrecipes/nextstep1/cli.py)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from nxrecipes.nextflow.cli import add_nextflow_commands
+from nxrecipes.nextstep1.cli import add_nextstep1_commands
 from nxrecipes.tokenizer.cli import add_extract_command, add_tokenizer_commands
 
 TASKS_HELP = "ShapeWorld task(s): t2i captioning edit interleaved in_context world_knowledge text_only"
@@ -150,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tokenizer_commands(commands)
     add_nextflow_commands(commands)
+    add_nextstep1_commands(commands)
     return parser
 
 
