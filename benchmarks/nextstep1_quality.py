@@ -1,0 +1,188 @@
+"""NextStep-1 quality on ShapeWorld: train nextstep1_tiny from scratch on a trained autoencoder for a
+wall-clock budget, then report ShapeEval per category of text-to-image samples (test split and
+held-out-combination split) and the editing score.
+
+    python benchmarks/nextstep1_quality.py --tokenizer out/tokenizer-ae-4min/tokenizer --runs main-10
+    python benchmarks/nextstep1_quality.py --summary            # the table of every recorded run
+
+Each run is one config change from ``nextstep1_training_tiny`` (``RUNS``) and a budget; its run
+directory is ``--work/NAME`` (an existing one resumes), its record
+``benchmarks/results/nextstep1/quality-NAME.json``, its curves ``quality-NAME-metrics.png`` and a
+sample grid ``quality-NAME-samples.png``.
+
+Sampling. A sweep over text guidance ``SWEEP_CFG`` x head method ("ode", "sde"; timesteps "clean",
+``STEPS`` head steps, independent noise) scores ShapeEval on the *validation* split; the best setting
+(by accuracy, then by partial credit; ties: the first) then samples the test and held-out reports
+and the edits (edits: text guidance against the empty row, plus ``EDIT_CFG_IMG`` image guidance
+when > 1). ``--threads`` defaults to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import environment  # noqa: E402
+
+from nxcore.checkpoint import atomic_write_text  # noqa: E402
+from nxrecipes.data.shapeworld import ShapeWorld, to_pil  # noqa: E402
+from nxrecipes.eval.shapeeval import edit_score, evaluate  # noqa: E402
+from nxrecipes.nextstep1.generate import ImageSampling  # noqa: E402
+from nxrecipes.nextstep1.pipeline import NextStep1Pipeline  # noqa: E402
+from nxrecipes.nextstep1.train import nextstep1_training_tiny, train_nextstep1  # noqa: E402
+from nxrecipes.train.metrics import read_metrics  # noqa: E402
+from nxrecipes.train.plot import plot_run  # noqa: E402
+from nxrecipes.viz import image_grid  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "nextstep1"
+SWEEP_CFG = (1.0, 3.0, 5.0)
+METHODS = ("ode", "sde")
+STEPS = 20
+EDIT_CFG_IMG = (1.0, 1.5)
+SEED = 1
+BATCH = 16
+
+RUNS: dict[str, tuple[float, dict]] = {
+    # name: (minutes, changes to nextstep1_training_tiny)
+    "smoke": (1.5, {}),
+    "main-10": (10, {}),
+}
+
+
+def sampling(cfg: float, method: str, cfg_img: float = 1.0) -> ImageSampling:
+    return ImageSampling(cfg=cfg, cfg_img=cfg_img, num_sampling_steps=STEPS, timesteps="clean",
+                         method=method, noise="independent")
+
+
+def _chunks(items: list, size: int = BATCH):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def shapeeval(pipeline: NextStep1Pipeline, split: str, n: int, size: int, sampler: ImageSampling) -> dict:
+    """ShapeEval of ``n`` t2i prompts of ``split``: overall and per category (all requirements met),
+    and ``partial``: the mean fraction of each prompt's requirements met (finer when few pass)."""
+    data = list(ShapeWorld(split=split, size=size, tasks=("t2i",), length=n, seed=SEED))
+    images = [to_pil(x) for chunk in _chunks(data) for x in pipeline.text_to_image(
+        [r.prompt for r in chunk], hw=(size, size), sampling=sampler, seed=SEED, progress=False)]
+    report = evaluate(images, [r.spec for r in data])
+    partial = sum(sample.score for sample in report.samples) / len(report.samples)
+    return {"overall": report.overall, "partial": partial, "categories": report.accuracy}
+
+
+def edit_accuracy(pipeline: NextStep1Pipeline, n: int, size: int, sampler: ImageSampling) -> float:
+    """The fraction of ``n`` test-split edits that ``edit_score`` accepts."""
+    edits = list(ShapeWorld(split="test", size=size, tasks=("edit",), length=n, seed=SEED))
+    ok = []
+    for chunk in _chunks(edits):
+        out = pipeline.edit([e.source_image for e in chunk], [e.instruction for e in chunk], sampling=sampler,
+                            seed=SEED, progress=False)
+        ok += [edit_score(e.source_image, to_pil(x), e.edit).ok for e, x in zip(chunk, out, strict=True)]
+    return sum(ok) / len(ok)
+
+
+def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
+    minutes, changes = RUNS[name]
+    cfg = nextstep1_training_tiny(work / name, minutes=minutes, tokenizer_dir=tokenizer, **changes)
+    started = time.perf_counter()
+    summary = train_nextstep1(cfg, progress=False)
+    trained_s = time.perf_counter() - started
+    previous = RESULTS / f"quality-{name}.json"
+    if summary.resumed_from == summary.step and previous.exists():  # a finished run, evaluated again
+        trained_s = json.loads(previous.read_text())["train_seconds"]
+    pipeline = NextStep1Pipeline.from_run(cfg.run_dir)
+    size = cfg.data.size
+
+    started = time.perf_counter()
+    sweep = []
+    for m in METHODS:
+        for g in SWEEP_CFG:
+            scores = shapeeval(pipeline, "validation", num // 2, size, sampling(g, m))
+            sweep.append({"cfg": g, "method": m, "validation": scores["overall"],
+                          "validation_partial": scores["partial"]})
+    best = max(sweep, key=lambda s: (s["validation"], s["validation_partial"]))  # first of equals
+    chosen = sampling(best["cfg"], best["method"])
+    report = {split: shapeeval(pipeline, split, num, size, chosen) for split in ("test", "heldout")}
+    edits = {f"cfg_img={g}": edit_accuracy(pipeline, num // 2, size, sampling(best["cfg"], best["method"], g))
+             for g in EDIT_CFG_IMG}
+    eval_s = time.perf_counter() - started
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    prompts = [r.prompt for split in ("heldout", "test")
+               for r in ShapeWorld(split=split, size=size, tasks=("t2i",), length=8, seed=7)]
+    images = pipeline.text_to_image(prompts, hw=(size, size), sampling=chosen, seed=0, progress=False)
+    title = f"nextstep1_tiny {name} (cfg {best['cfg']}, {best['method']}): held-out (top), test (bottom)"
+    image_grid([to_pil(x) for x in images], prompts, columns=8, tile=128, title=title).save(
+        RESULTS / f"quality-{name}-samples.png")
+    plot_run(cfg.run_dir, RESULTS / f"quality-{name}-metrics.png", keys=["loss"])
+    metrics = read_metrics(cfg.run_dir)
+    record = {
+        "name": name, "minutes": minutes, "changes": changes, "steps": summary.step,
+        "train_seconds": round(trained_s, 1), "eval_seconds": round(eval_s, 1), "threads": threads,
+        "batch_size": cfg.train.batch_size, "size": size,
+        "sampling": {"cfg": best["cfg"], "method": best["method"], "timesteps": "clean",
+                     "num_sampling_steps": STEPS, "noise": "independent"},
+        "sweep_validation": sweep, "shapeeval_test": report["test"], "shapeeval_heldout": report["heldout"],
+        "edit_accuracy": edits, "n": {"t2i": num, "sweep": num // 2, "edit": num // 2},
+        "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
+        "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
+        "command": f"python benchmarks/nextstep1_quality.py --tokenizer {tokenizer} --runs {name} "
+                   f"--threads {threads} -n {num}",
+        "environment": environment(load),
+    }
+    atomic_write_text(RESULTS / f"quality-{name}.json", json.dumps(record, indent=1) + "\n")
+    print(f"{name}: {summary.step} steps, test {report['test']['overall']:.3f}, heldout "
+          f"{report['heldout']['overall']:.3f}, edit {edits}", flush=True)
+    return record
+
+
+def summary() -> str:
+    rows = ["| run | min | threads | steps | cfg / method | test (partial) | held-out (partial) "
+            "| edit (cfg_img 1 / 1.5) |", "|---|---|---|---|---|---|---|---|"]
+    for name in RUNS:
+        path = RESULTS / f"quality-{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        edits = " / ".join(f"{v:.3f}" for v in r["edit_accuracy"].values())
+        rows.append(
+            f"| {name} | {r['minutes']} | {r['threads']} | {r['steps']} "
+            f"| {r['sampling']['cfg']} / {r['sampling']['method']} | {_score(r['shapeeval_test'])} "
+            f"| {_score(r['shapeeval_heldout'])} | {edits} |"
+        )
+    return "\n".join(rows)
+
+
+def _score(report: dict) -> str:
+    partial = report.get("partial")
+    return f"{report['overall']:.3f}" + ("" if partial is None else f" ({partial:.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", type=Path, help="run directory of `nx tokenizer train --kind ae`")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=[])
+    parser.add_argument("--work", type=Path, default=Path("out/nextstep1-quality"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("-n", "--num", type=int, default=64, help="t2i prompts per split in the report")
+    parser.add_argument("--summary", action="store_true", help="print the table of recorded runs")
+    args = parser.parse_args()
+    if args.runs and args.tokenizer is None:
+        parser.error("--runs needs --tokenizer")
+    for name in args.runs:
+        run(name, args.tokenizer, args.work, args.threads, args.num)
+    if args.summary or args.runs:
+        print(summary())
+
+
+if __name__ == "__main__":
+    main()
