@@ -23,8 +23,9 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m ""
 
+SYSTEM ?= nextflow
 demo: $(STAMP)
-	$(PY) -m nxrecipes.demo --out out/demo
+	$(PY) -m nxrecipes.demo --out out/demo --system $(SYSTEM)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

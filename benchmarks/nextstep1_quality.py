@@ -32,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import environment  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
-from nxrecipes.data.shapeworld import ShapeWorld, to_pil  # noqa: E402
-from nxrecipes.eval.shapeeval import edit_score, evaluate  # noqa: E402
+from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
+from nxrecipes.nextstep1.evaluate import default_sampling, edit_accuracy, sample_grid, shapeeval  # noqa: E402
 from nxrecipes.nextstep1.generate import ImageSampling  # noqa: E402
 from nxrecipes.nextstep1.pipeline import NextStep1Pipeline  # noqa: E402
 from nxrecipes.nextstep1.train import nextstep1_training_tiny, train_nextstep1  # noqa: E402
 from nxrecipes.train.metrics import read_metrics  # noqa: E402
 from nxrecipes.train.plot import plot_run  # noqa: E402
-from nxrecipes.viz import image_grid  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nextstep1"
 SWEEP_CFG = (1.0, 3.0, 5.0)
@@ -47,7 +46,6 @@ METHODS = ("ode", "sde")
 STEPS = 20
 EDIT_CFG_IMG = (1.0, 1.5)
 SEED = 1
-BATCH = 16
 
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextstep1_training_tiny)
@@ -57,35 +55,7 @@ RUNS: dict[str, tuple[float, dict]] = {
 
 
 def sampling(cfg: float, method: str, cfg_img: float = 1.0) -> ImageSampling:
-    return ImageSampling(cfg=cfg, cfg_img=cfg_img, num_sampling_steps=STEPS, timesteps="clean",
-                         method=method, noise="independent")
-
-
-def _chunks(items: list, size: int = BATCH):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def shapeeval(pipeline: NextStep1Pipeline, split: str, n: int, size: int, sampler: ImageSampling) -> dict:
-    """ShapeEval of ``n`` t2i prompts of ``split``: overall and per category (all requirements met),
-    and ``partial``: the mean fraction of each prompt's requirements met (finer when few pass)."""
-    data = list(ShapeWorld(split=split, size=size, tasks=("t2i",), length=n, seed=SEED))
-    images = [to_pil(x) for chunk in _chunks(data) for x in pipeline.text_to_image(
-        [r.prompt for r in chunk], hw=(size, size), sampling=sampler, seed=SEED, progress=False)]
-    report = evaluate(images, [r.spec for r in data])
-    partial = sum(sample.score for sample in report.samples) / len(report.samples)
-    return {"overall": report.overall, "partial": partial, "categories": report.accuracy}
-
-
-def edit_accuracy(pipeline: NextStep1Pipeline, n: int, size: int, sampler: ImageSampling) -> float:
-    """The fraction of ``n`` test-split edits that ``edit_score`` accepts."""
-    edits = list(ShapeWorld(split="test", size=size, tasks=("edit",), length=n, seed=SEED))
-    ok = []
-    for chunk in _chunks(edits):
-        out = pipeline.edit([e.source_image for e in chunk], [e.instruction for e in chunk], sampling=sampler,
-                            seed=SEED, progress=False)
-        ok += [edit_score(e.source_image, to_pil(x), e.edit).ok for e, x in zip(chunk, out, strict=True)]
-    return sum(ok) / len(ok)
+    return default_sampling(cfg, method, cfg_img=cfg_img, steps=STEPS)
 
 
 def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
@@ -106,22 +76,24 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
     sweep = []
     for m in METHODS:
         for g in SWEEP_CFG:
-            scores = shapeeval(pipeline, "validation", num // 2, size, sampling(g, m))
+            scores = shapeeval(pipeline, "validation", num // 2, size=size, sampling=sampling(g, m),
+                               seed=SEED)
             sweep.append({"cfg": g, "method": m, "validation": scores["overall"],
                           "validation_partial": scores["partial"]})
     best = max(sweep, key=lambda s: (s["validation"], s["validation_partial"]))  # first of equals
     chosen = sampling(best["cfg"], best["method"])
-    report = {split: shapeeval(pipeline, split, num, size, chosen) for split in ("test", "heldout")}
-    edits = {f"cfg_img={g}": edit_accuracy(pipeline, num // 2, size, sampling(best["cfg"], best["method"], g))
+    report = {split: shapeeval(pipeline, split, num, size=size, sampling=chosen, seed=SEED)
+              for split in ("test", "heldout")}
+    edits = {f"cfg_img={g}": edit_accuracy(pipeline, num // 2, size=size, seed=SEED,
+                                           sampling=sampling(best["cfg"], best["method"], g))
              for g in EDIT_CFG_IMG}
     eval_s = time.perf_counter() - started
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     prompts = [r.prompt for split in ("heldout", "test")
                for r in ShapeWorld(split=split, size=size, tasks=("t2i",), length=8, seed=7)]
-    images = pipeline.text_to_image(prompts, hw=(size, size), sampling=chosen, seed=0, progress=False)
     title = f"nextstep1_tiny {name} (cfg {best['cfg']}, {best['method']}): held-out (top), test (bottom)"
-    image_grid([to_pil(x) for x in images], prompts, columns=8, tile=128, title=title).save(
+    sample_grid(pipeline, prompts, size=size, sampling=chosen, title=title).save(
         RESULTS / f"quality-{name}-samples.png")
     plot_run(cfg.run_dir, RESULTS / f"quality-{name}-metrics.png", keys=["loss"])
     metrics = read_metrics(cfg.run_dir)

@@ -14,7 +14,10 @@ Writes to ``--out`` (default ``out/demo``):
     nextflow_shapeeval.json   its ShapeEval per category (test, held-out), edit, caption and
                               world-knowledge (with and without thinking) scores
 
-``--no-train`` stops after the ground truth.
+``--system nextstep1`` trains NextStep-1's autoencoder and ``nextstep1_tiny`` on ShapeWorld 64 px
+instead (``autoencoder/``, ``nextstep1/``, ``nextstep1_samples.png``, ``nextstep1_shapeeval.json``:
+ShapeEval per category on the test and held-out splits and the editing score). ``--no-train``
+stops after the ground truth.
 """
 
 from __future__ import annotations
@@ -110,14 +113,46 @@ def train_nextflow_demo(out: Path, *, tokenizer_minutes: float, minutes: float, 
     return report
 
 
+def train_nextstep1_demo(out: Path, *, tokenizer_minutes: float, minutes: float, num: int
+                         ) -> dict[str, object]:
+    """Train NextStep-1's autoencoder and ``nextstep1_tiny`` on ShapeWorld 64 px (each run resumes if
+    its folder exists), draw held-out and test prompts into a grid, and score with ShapeEval."""
+    from nxrecipes.nextstep1.evaluate import edit_accuracy, sample_grid, shapeeval
+    from nxrecipes.nextstep1.pipeline import NextStep1Pipeline
+    from nxrecipes.nextstep1.train import nextstep1_training_tiny, train_nextstep1
+    from nxrecipes.tokenizer.train import autoencoder_training_tiny, train_tokenizer
+
+    size = 64
+    print(f"\n[1/3] autoencoder, {tokenizer_minutes:g} min on ShapeWorld {size} px")
+    ae = train_tokenizer(autoencoder_training_tiny(out / "autoencoder", minutes=tokenizer_minutes, size=size))
+    print(f"      held-out PSNR {ae.report.psnr:.1f} dB")
+    print(f"\n[2/3] nextstep1_tiny, {minutes:g} min")
+    cfg = nextstep1_training_tiny(out / "nextstep1", minutes=minutes, tokenizer_dir=ae.tokenizer_dir)
+    train_nextstep1(cfg)
+    print("\n[3/3] generating and scoring")
+    pipeline = NextStep1Pipeline.from_run(out / "nextstep1")
+    prompts = [r.prompt for split in ("heldout", "test")
+               for r in ShapeWorld(split=split, size=size, tasks=("t2i",), length=8, seed=7)]
+    grid = sample_grid(pipeline, prompts, size=size,
+                       title="nextstep1_tiny: held-out (top) and test (bottom) prompts")
+    grid.save(out / "nextstep1_samples.png")
+    report: dict[str, object] = {f"shapeeval_{split}": shapeeval(pipeline, split, num, size=size)
+                                 for split in ("test", "heldout")}
+    report["edit_accuracy"] = edit_accuracy(pipeline, num // 2, size=size)
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description="nx demo: ShapeWorld, ShapeEval, and NextFlow trained on it")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("-n", "--num", type=int, default=64, help="prompts scored per split")
     parser.add_argument("--tokenizer-minutes", type=float, default=2.5,
                         help="image tokenizer training budget")
-    parser.add_argument("--minutes", type=float, default=4.0, help="nextflow_tiny training budget")
-    parser.add_argument("--eval-num", type=int, default=32, help="prompts per split scored for nextflow_tiny")
+    parser.add_argument("--minutes", type=float, default=4.0, help="nextflow_tiny / nextstep1_tiny budget")
+    parser.add_argument("--eval-num", type=int, default=32, help="prompts per split scored for the model")
+    parser.add_argument("--system", choices=("nextflow", "nextstep1"), default="nextflow",
+                        help="which system to train and sample")
     parser.add_argument("--no-train", action="store_true", help="data pictures and ground truth only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -134,10 +169,11 @@ def main(argv: list[str] | None = None) -> Path:
     atomic_write_text(args.out / "shapeeval_ground_truth.json", json.dumps(scores, indent=2) + "\n")
     written = "{shapeworld_t2i,shapeworld_tasks,next_scale_steps}.png, shapeeval_ground_truth.json"
     if not args.no_train:
-        report = train_nextflow_demo(args.out, tokenizer_minutes=args.tokenizer_minutes, minutes=args.minutes,
-                                     num=args.eval_num)
-        atomic_write_text(args.out / "nextflow_shapeeval.json", json.dumps(report, indent=2) + "\n")
-        written += ", nextflow_samples.png, nextflow_shapeeval.json"
+        train = train_nextflow_demo if args.system == "nextflow" else train_nextstep1_demo
+        report = train(args.out, tokenizer_minutes=args.tokenizer_minutes, minutes=args.minutes,
+                       num=args.eval_num)
+        atomic_write_text(args.out / f"{args.system}_shapeeval.json", json.dumps(report, indent=2) + "\n")
+        written += f", {args.system}_samples.png, {args.system}_shapeeval.json"
     print(f"\nwrote {args.out}/ {written} in {time.perf_counter() - started:.1f} s")
     return args.out
 
