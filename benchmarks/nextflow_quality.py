@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,6 +37,7 @@ from nxrecipes.train.metrics import read_metrics  # noqa: E402
 from nxrecipes.train.plot import plot_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nextflow"
+IMAGE_TOKENS = 155  # an image on the 32 px schedule: 1 + 4 + 9 + 16 + 25 + 36 + 64
 
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextflow_training_tiny)
@@ -98,10 +100,12 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
 
 
 @torch.no_grad()
-def heldout_nll(run_dir: Path, num: int = 64) -> dict[str, float]:
+def heldout_nll(run_dir: Path, num: int = 64, *, shuffled: bool = False) -> dict[str, float]:
     """Mean negative log-likelihood per scale (``NextFlow.sampling_nll``: codes against codes) of
     ``num`` test-split text-to-image examples, clean inputs and targets (no self-correction, no
-    dropout): one fixed yardstick for every ablation, whatever its training inputs or head."""
+    dropout): one fixed yardstick for every ablation, whatever its training inputs or head.
+    ``shuffled``: every image under another example's prompt; the rise over the matched NLL is what
+    the model takes from the prompt (0 for a model that ignores it)."""
     from nxrecipes.nextflow.data import ExampleBuilder
     from nxrecipes.nextflow.sequence import collate
     from nxrecipes.nextflow.train import load_run
@@ -111,6 +115,8 @@ def heldout_nll(run_dir: Path, num: int = 64) -> dict[str, float]:
                              image_tokenizer=run.image_tokenizer, schedule=run.schedule,
                              self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
     records = list(ShapeWorld(split="test", size=32, tasks=("t2i",), length=num, seed=11))
+    if shuffled:
+        records = [attrs.evolve(r, prompt=records[(i + 7) % num].prompt) for i, r in enumerate(records)]
     sums: dict[str, list[float]] = {}
     for i in range(0, num, 16):
         batch = collate(builder.build(records[i : i + 16], list(range(i, i + 16))), run.vocabulary)
@@ -152,9 +158,13 @@ def nll_table() -> str:
     if not records:
         return ""
     keys = list(records[0]["heldout_nll"])
-    rows = ["| run (held-out NLL, nats) | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    rows = ["| run (held-out NLL, nats) | " + " | ".join(keys) + " | prompt gap, nats per image |",
+            "|---|" + "---|" * (len(keys) + 1)]
     for r in records:
-        rows.append(f"| {r['name']} | " + " | ".join(f"{r['heldout_nll'][k]:.3f}" for k in keys) + " |")
+        gap, nll = "", r["heldout_nll"]
+        if "heldout_nll_shuffled_prompts" in r:  # summed over an image's tokens
+            gap = f"{(r['heldout_nll_shuffled_prompts']['image'] - nll['image']) * IMAGE_TOKENS:.2f}"
+        rows.append(f"| {r['name']} | " + " | ".join(f"{nll[k]:.3f}" for k in keys) + f" | {gap} |")
     return "\n".join(rows)
 
 
@@ -201,6 +211,7 @@ def main() -> None:
             if path.exists() and (args.work / name).is_dir():
                 record = json.loads(path.read_text())
                 record["heldout_nll"] = heldout_nll(args.work / name)
+                record["heldout_nll_shuffled_prompts"] = heldout_nll(args.work / name, shuffled=True)
                 atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     if args.summary or args.runs or args.add_heldout_nll:
         table = summary()
