@@ -15,15 +15,46 @@ Comparisons (``--only NAME``, repeatable; default: all):
 - ``flow_sampler``: ``nxcore.sampler.flow.FlowSampler`` (``timesteps="nextstep1"``, ``method="sde"``) vs
   ``FlowMatchingHead.sample`` of ``nextstep/models/modeling_fm_head.py``, both driving the SAME official
   ``SimpleMLPAdaLN`` velocity net (random, every parameter non-zero); 2-way and 3-way CFG, shift 1 / 3.2,
-  5 / 20 steps, ``cfg_schedule`` constant / linear (the pipeline's per-token formula), fp32 and bf16.
+  5 / 20 steps, ``cfg_schedule`` constant / linear (the pipeline's per-token formula: nx decays
+  ``cfg`` and ``cfg_img`` alike, ``LinearDecay`` for both), ``noise_repeat`` (one draw tiled over the
+  captions), fp32 and bf16.
 - ``flow_sampler_clean``: nx ``timesteps="clean"`` vs the official (unused by the GH-v1 pipeline)
   ``FlowMatchingHead.sample_new`` grid, without CFG; nx lands deterministically on t = 1 while the
   official adds noise on the last step too, so the row also checks that the difference is exactly that
   last noise term.
 
-Adding a comparison (FM head with identical weights, backbone hidden states, full generation): write
-``def name(ctx: Context) -> list[Row]`` and decorate it with ``@comparison("name")``; ``ctx.official``
-holds the imported official modules.
+Model-level comparisons on one tiny random model (``build_tiny``): the official ``NextStep``
+(``nextstep1_tiny()``'s shape: 4 layers of width 128, 4 / 2 heads, MLP 352, q/k/v bias, head 128 x 3;
+every parameter perturbed, the head's zero-initialised layers included) and ``AutoencoderKL`` (ch 32,
+ch_mult [1, 2], encoder_norm, psz 2, scaling 0.5, shift 0.1, ``deterministic``) with the official
+tokenizer type (``PreTrainedTokenizerFast`` over an in-process byte-level BPE + the official added
+tokens), saved in the official layouts and loaded by nx's loaders (``load_official``,
+``autoencoder.from_official``); the ``tiny_model`` rows check the copy (keys 1:1, weights, config,
+text ids through ``load_official``'s tokenizer and a ``BPETokenizer`` wrapping the same
+``tokenizers.Tokenizer`` with ``SpecialTokens.nextstep1()``):
+
+- ``head_velocity``: official ``image_head.net(x, t, c)`` vs nx ``image_head.velocity``, joined
+  ``FlowField``s, and generation's ``FlowNetSnapshot`` fields (``at_time``).
+- ``backbone``: the official prompt rows (``_build_captions`` + ``_add_prefix_ids``) vs
+  ``build_prompts`` (ids and mask), then the final hidden states of the same left-padded CFG batch
+  (2-way text; 3-way edit with source latents at the placeholders), without a cache and as the
+  ``StaticCache`` prefill. Padded query positions differ by design (official CPU SDPA attends
+  uniformly over a fully masked row, nx to itself); no real position reads them.
+- ``t2i``: official ``generate_image`` vs nx ``text_to_image``, 2 captions x 2 images, cfg 3, 5
+  steps, use_norm on / off, shift 1 / 3.2, constant / linear schedule, seed 42: the sampled tokens
+  (after use_norm) and the decoded images in [0, 1].
+- ``edit``: official ``generate_image`` with source images vs nx ``edit``, 3-way CFG (cfg 3,
+  cfg_img 2, shift 3.2, "Copy original image." as the negative prompt), constant / linear. The
+  official pipeline draws a posterior sample of the sources first (one randn of the latent map's
+  shape from the global stream, even for a ``deterministic`` VAE, whose std is 0); nx encodes the
+  posterior mean and draws nothing, so its generator is advanced by the same draw for the compared
+  rows; the "nx as is" rows show the shifted stream (info).
+
+bf16 rows carry no tolerance: nx's fused ops (fp32 modulation / residual math in the head, fused
+RMSNorm + residual and fp32 RoPE in the backbone) round differently from the official bf16 ops.
+
+Adding a comparison: write ``def name(ctx: Context) -> list[Row]`` and decorate it with
+``@comparison("name")``; ``ctx.official`` holds the imported official modules.
 
 Usage::
 
@@ -361,14 +392,10 @@ def flow_sampler(ctx: Context) -> list[Row]:
     # batch layouts: 2 images of one caption (noise_repeat 2) and 2 captions x 1 image (noise tiled)
     cases.append((torch.float32, 2, 3.0, 1.0, 1.0, 5, "constant", 0, 2, 2, True))
     cases.append((torch.float32, 2, 3.0, 1.0, 1.0, 5, "constant", 0, 2, 1, True))
-    # the workaround for the 3-way linear schedule: decay image_guidance per token on the nx side
-    workaround = [(dt, 3, 3.0, 2.0, 3.2, 20, "linear", 1, 1, 1, True)
-                  for dt in (torch.float32, torch.bfloat16)]
 
-    for i, case in enumerate(cases + workaround):
+    for i, case in enumerate(cases):
         (dtype, branches, cfg, cfg_img, shift, steps, schedule, token,
          rows_per_branch, noise_repeat, batched) = case
-        is_workaround = i >= len(cases)
         net = head.net.to(dtype)
         head.to(dtype)
         g = torch.Generator().manual_seed(ctx.seed + 2000 + i)
@@ -379,10 +406,11 @@ def flow_sampler(ctx: Context) -> list[Row]:
         theirs = head.sample(c=cond, cfg=w, cfg2=w_img if branches == 3 else 1.0, timesteps_shift=shift,
                              num_sampling_steps=steps, noise_repeat=noise_repeat)
 
-        guidance = ConstantGuidance(cfg) if schedule == "constant" else LinearDecay(cfg)
-        image_guidance = w_img if is_workaround else cfg_img
+        # the pipeline's linear schedule decays cfg and cfg_img alike: LinearDecay for both
+        schedule_of = ConstantGuidance if schedule == "constant" else LinearDecay
         sampler = FlowSampler(num_steps=steps, shift=shift, method="sde", timesteps="nextstep1",
-                              guidance=guidance, image_guidance=image_guidance)
+                              guidance=schedule_of(cfg), image_guidance=schedule_of(cfg_img),
+                              noise_repeat=noise_repeat)
         if batched:
             fields = _BatchedBranches(net, cond, branches).fields
         else:
@@ -397,19 +425,12 @@ def flow_sampler(ctx: Context) -> list[Row]:
                 + ("" if batched else ", net called per branch")
                 + f" [{str(dtype).removeprefix('torch.')}]")
         note = ""
-        if is_workaround:
-            name = "nx image_guidance decayed by hand: " + name
-        elif schedule == "linear" and branches == 3:
-            note = ("official decays cfg_img too (pipeline decoding); "
-                    "nx FlowSampler.image_guidance is a constant")
-        elif rows_per_branch != noise_repeat:
-            note = "official tiles one (noise_repeat, 64) draw over the captions; nx draws (rows, 64)"
-        elif not batched and dtype == torch.bfloat16:
+        if not batched and dtype == torch.bfloat16:
             note = ("bf16 GEMM rounds differently at batch 1 than at batch 2/3 "
                     "(official: one batch of all branches)")
         elif dtype == torch.bfloat16:
             note = "official returns .to(bf16); nx's fp32 result compared after .to(bf16)"
-        expect_fail = note.startswith(("official decays", "official tiles", "bf16 GEMM"))
+        expect_fail = note.startswith("bf16 GEMM")
         tol = (0.0 if dtype == torch.bfloat16 else FP32_TOL) if not expect_fail else None
         diff = max_abs(ours.to(theirs.dtype), theirs)
         row = Row("flow_sampler", name, "final sample", diff, tol, note=note)
@@ -461,6 +482,418 @@ def flow_sampler_clean(ctx: Context) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------------
+# the tiny model: the official NextStep + AutoencoderKL built in-process, copied into nx
+# --------------------------------------------------------------------------------------------------
+
+TINY_CAPTIONS = ["a red cube on a blue sphere", "two green triangles"]
+TINY_EDITS = ["<image>make the cube red", "<image> two green triangles, then blue"]
+TINY_NEGATIVE_EDIT = "Copy original image."
+TINY_CORPUS = [*TINY_CAPTIONS, *TINY_EDITS, TINY_NEGATIVE_EDIT, "16*16 4*4 8*8 0123456789*",
+               "masterpiece, best quality"] * 20
+# nextstep1_tiny()'s shape (4 layers of width 128, 4 query / 2 kv heads, MLP 352, head 128 x 3) with
+# Qwen2.5's biases (q/k/v yes, o no)
+TINY_LM = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "attention_bias": True, "o_attention_bias": False, "rms_norm_eps": 1e-5,
+           "rope_theta": 10000.0, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+           "latent_channels": 16, "latent_patch_size": 2, "fm_head_dim": 128, "fm_head_layers": 3,
+           "use_gen_pos_embed": False}
+# a 2-level AE (downsample 2 x patch 2 = 4 px per token): 16 x 16 px = 4 x 4 tokens
+TINY_VAE = {"resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
+            "z_channels": 16, "encoder_norm": True, "psz": 2, "deterministic": True, "scaling_factor": 0.5,
+            "shift_factor": 0.1}
+TINY_HW = (16, 16)
+
+
+def official_tokenizer(corpus: list[str], vocab_size: int = 300):
+    """The official tokenizer type (``PreTrainedTokenizerFast``, left padding) over a byte-level BPE
+    trained in-process, with the official added tokens (``special_tokens_dict``)."""
+    from nextstep.models.tokenization_nextstep import special_tokens_dict
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, padding_side="left", model_max_length=512)
+    tok.add_special_tokens(special_tokens_dict)
+    return tok
+
+
+@dataclass
+class Tiny:
+    """One random tiny model on both sides (fp32 masters; ``pipelines`` gives per-dtype copies)."""
+
+    official: SimpleNamespace
+    tokenizer: object  # official PreTrainedTokenizerFast
+    model: torch.nn.Module  # official NextStep
+    vae: torch.nn.Module  # official AutoencoderKL
+    nx_model: torch.nn.Module  # nxrecipes.nextstep1.NextStep1 (load_official of model.save_pretrained)
+    nx_tokenizer: object  # nxcore BPETokenizer (load_official: the saved tokenizer.json)
+    nx_vae: torch.nn.Module  # nxcore NextStepAutoencoder (from_official of config.json + checkpoint.pt)
+    rows: list[Row]  # the loading checks
+
+    def pipelines(self, dtype: torch.dtype):
+        """(official NextStepPipeline, nx NextStep1Pipeline) over fresh copies in ``dtype``."""
+        import copy
+
+        from nxrecipes.nextstep1.pipeline import NextStep1Pipeline
+
+        off = self.official.pipeline.NextStepPipeline(
+            tokenizer=self.tokenizer, model=copy.deepcopy(self.model), vae=copy.deepcopy(self.vae)
+        ).to("cpu", dtype)
+        ours = NextStep1Pipeline(copy.deepcopy(self.nx_model).to(dtype), self.nx_tokenizer,
+                                 copy.deepcopy(self.nx_vae).to(dtype))
+        return off, ours
+
+
+def build_tiny(official: SimpleNamespace, seed: int = 0, lm: dict | None = None, vae: dict | None = None,
+               corpus: list[str] | None = None) -> Tiny:
+    """The official model, VAE and tokenizer with random weights (every parameter perturbed: the
+    head's adaLN / output layers start at zero), saved in the official layouts and loaded by nx's
+    official loaders (``load_official``, ``autoencoder.from_official``)."""
+    from tokenizers import Tokenizer
+
+    from nxcore.tokenizer import BPETokenizer, SpecialTokens
+    from nxcore.tokenizer.autoencoder import from_official as ae_from_official
+    from nxrecipes.nextstep1.official import config_from_official, load_official
+
+    lm = {**TINY_LM, **(lm or {})}
+    vae_params = {**TINY_VAE, **(vae or {})}
+    tok = official_tokenizer(corpus or TINY_CORPUS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in
+           ("[PAD]", "<|begin_of_image|>", "<|end_of_image|>", "<|image_placeholder|>")}
+    cfg = official.config.NextStepConfig(
+        vocab_size=len(tok), pad_token_id=ids["[PAD]"], bos_token_id=None, eos_token_id=None,
+        boi=ids["<|begin_of_image|>"], eoi=ids["<|end_of_image|>"],
+        image_placeholder_id=ids["<|image_placeholder|>"], pad_token_id_added=ids["[PAD]"],
+        attn_implementation="sdpa", **lm)
+    torch.manual_seed(seed)
+    model = official.model.NextStep(cfg).eval()
+    ae = official.vae.AutoencoderKL(official.vae.AutoEncoderParams(**vae_params)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.05 if name.startswith("image_head") else 0.02))
+        for p in ae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        loaded = load_official(tmp, dtype=torch.float32)
+        vae_dir = Path(tmp) / "vae"
+        vae_dir.mkdir()
+        torch.save(ae.state_dict(), vae_dir / "checkpoint.pt")
+        (vae_dir / "config.json").write_text(json.dumps(vae_params))
+        nx_vae = ae_from_official(vae_dir).eval()
+    nx_model, nx_tok = loaded.model.eval(), loaded.text_tokenizer
+
+    theirs = {k: v for k, v in model.state_dict().items() if k != "gen_pos_embed" and "inv_freq" not in k}
+    ours = nx_model.state_dict()
+    odd = sorted(set(theirs) ^ set(ours))
+    rows.append(Row("tiny_model", "official state_dict -> NextStep1 (load_official)",
+                    "keys not matched 1:1 (count)", float(len(odd)), 0.0, note=", ".join(odd[:4])))
+    rows.append(Row("tiny_model", "official state_dict -> NextStep1 (load_official)", "weights",
+                    max(max_abs(ours[k], theirs[k]) for k in theirs if k in ours), 0.0))
+    direct = config_from_official(model.config.to_dict())
+    rows.append(Row("tiny_model", "config_from_official(official config) == loaded config",
+                    "fields differing",
+                    float(direct != nx_model.config), 0.0))
+    vae_theirs, vae_ours = ae.state_dict(), nx_vae.state_dict()
+    rows.append(Row("tiny_model", "official AutoencoderKL -> autoencoder.from_official", "weights",
+                    max(max_abs(vae_ours[k], vae_theirs[k]) for k in vae_theirs), 0.0))
+    # the tokenizer: BPETokenizer over the same tokenizers.Tokenizer with NextStep-1's roles
+    wrapped = BPETokenizer(Tokenizer.from_str(tok.backend_tokenizer.to_str()), SpecialTokens.nextstep1())
+    texts = [*TINY_CAPTIONS, *TINY_EDITS, TINY_NEGATIVE_EDIT, "<|image_area|>4*4",
+             "<|image_area|>2*2<|begin_of_image|><|image_placeholder|><|end_of_image|>", ""]
+    worst = 0
+    for text in texts:
+        ref = tok(text, add_special_tokens=True).input_ids
+        for ids_ in (nx_tok.encode(text), wrapped.encode(text)):
+            worst = max(worst, 0 if ids_ == ref else 1)
+    rows.append(Row("tiny_model", "text ids: official tokenizer vs nx BPETokenizer (loaded / wrapped)",
+                    "texts differing", float(worst), 0.0))
+    return Tiny(official, tok, model, ae, nx_model, nx_tok, nx_vae, rows)
+
+
+def _tiny(ctx: Context) -> Tiny:
+    if "tiny" not in ctx.extra:
+        ctx.extra["tiny"] = build_tiny(ctx.official, ctx.seed)
+        ctx.extra["tiny_rows_pending"] = True
+    return ctx.extra["tiny"]
+
+
+def _tiny_rows(ctx: Context) -> list[Row]:
+    """The loading checks, reported once (with the first comparison that builds the model)."""
+    tiny = _tiny(ctx)
+    if ctx.extra.pop("tiny_rows_pending", False):
+        return list(tiny.rows)
+    return []
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+BF16_NOTE = "bf16: measured, no tolerance (different op order / fusions round differently)"
+
+
+@comparison("head_velocity")
+def head_velocity(ctx: Context) -> list[Row]:
+    import copy
+
+    tiny = _tiny(ctx)
+    rows = _tiny_rows(ctx)
+    g = torch.Generator().manual_seed(ctx.seed + 6000)
+    x = torch.randn(6, 64, generator=g)
+    t = torch.rand(6, generator=g)
+    c = torch.randn(6, TINY_LM["hidden_size"], generator=g)
+    for dtype, tol in ((torch.float32, FP32_TOL), (torch.bfloat16, None)):
+        off = copy.deepcopy(tiny.model.image_head).to(dtype)
+        ours = copy.deepcopy(tiny.nx_model.image_head).to(dtype)
+        with torch.no_grad():
+            # the official sampler's call: net(x.to(c.dtype), t.to(c), c)
+            v_off = off.net(x.to(dtype), t.to(dtype), c.to(dtype))
+            v_our = ours.velocity(x, t, c.to(dtype))
+            joined = ours.predict(c[:2].to(dtype)).join([ours.predict(c[2:4].to(dtype)),
+                                                         ours.predict(c[4:].to(dtype))])
+            v_join = joined(x, t)
+            # generation's inference form (FlowNetSnapshot): one time for every row, as the sampler asks
+            t_same = torch.full((6,), 0.3125)
+            v_off_same = off.net(x.to(dtype), t_same.to(dtype), c.to(dtype))
+            snap = ours.snapshot()
+            v_snap = snap.predict(c[:2].to(dtype)).join([snap.predict(c[2:].to(dtype))]).at_time(x, 0.3125)
+        tag = f"6 rows [{_dtype_name(dtype)}]"
+        note = "" if tol is not None else BF16_NOTE
+        rows.append(Row("head_velocity", tag, "net(x, t, c) vs velocity(x, t, c)", max_abs(v_our, v_off), tol,
+                        note=note))
+        rows.append(Row("head_velocity", tag, "3 FlowFields joined (one call) vs net", max_abs(v_join, v_off),
+                        tol, note=note))
+        rows.append(Row("head_velocity", tag, "FlowNetSnapshot fields at_time(x, 0.3125) vs net",
+                        max_abs(v_snap, v_off_same), tol, note=note))
+    return rows
+
+
+def official_prompt(pipe, captions: list[str], images, hw, per_caption: int, negative: str | None,
+                    cfg: float, cfg_img: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``generate_image`` steps 1, 2 and 4: the left-padded ids and mask of the official pipeline."""
+    captions, images = pipe._check_input(captions, images)
+    captions, images = pipe._build_captions(captions, images, per_caption, None, negative, cfg, cfg_img)
+    out = pipe.tokenizer(captions, padding="longest", truncation=False, add_special_tokens=True,
+                         return_tensors="pt")
+    return pipe._add_prefix_ids(hw, out.input_ids, out.attention_mask)
+
+
+def _sources(n: int, hw=TINY_HW, seed: int = 0):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(*hw, 3, generator=g) * 255).byte().numpy()) for _ in range(n)]
+
+
+@comparison("backbone")
+def backbone(ctx: Context) -> list[Row]:
+    """Final hidden states of the same left-padded CFG batches (a 2-way text batch and a 3-way edit
+    batch with source latents at the placeholders), without a cache and as the static-cache prefill."""
+    from transformers.cache_utils import StaticCache
+
+    from nxrecipes.nextstep1.prompt import build_prompts
+
+    tiny = _tiny(ctx)
+    rows = _tiny_rows(ctx)
+    grid = (TINY_HW[0] // 4, TINY_HW[1] // 4)
+    srcs = _sources(len(TINY_EDITS))
+    for dtype, tol in ((torch.float32, FP32_TOL), (torch.bfloat16, None)):
+        off_pipe, our_pipe = tiny.pipelines(dtype)
+        off, ours = off_pipe.model, our_pipe.model
+        cases = {
+            "t2i 2 captions x 2, cfg 3 (2-way)": (TINY_CAPTIONS, None, None, 3.0, 1.0),
+            "edit 2 instructions x 2, cfg 3 cfg_img 2 (3-way)":
+                (TINY_EDITS, srcs, TINY_NEGATIVE_EDIT, 3.0, 2.0),
+        }
+        for case, (captions, images, negative, cfg, cfg_img) in cases.items():
+            ids, mask = official_prompt(off_pipe, list(captions), images, TINY_HW, 2, negative, cfg, cfg_img)
+            sources = None
+            latent_map = None
+            if images is not None:
+                pixels = torch.stack([off_pipe.pil2tensor(i) for i in images]).to(dtype)
+                sources = our_pipe.encode(pixels)  # [n, h, w, 64]
+                # the same tokens on the official side, as a latent map (its prepare_inputs_embeds patchifies)
+                per_row = sources.repeat_interleave(2, dim=0).repeat(2, 1, 1, 1)  # 2 per caption, 2 branches
+                latent_map = off.unpatchify(per_row.reshape(per_row.shape[0], -1, 64), grid[0], grid[1])
+            prompts = build_prompts(tiny.nx_tokenizer, list(captions), grid, sources=sources,
+                                    num_images_per_caption=2, negative_prompt=negative, cfg=cfg,
+                                    cfg_img=cfg_img)
+            tag = f"{case} [{_dtype_name(dtype)}]"
+            note = "" if tol is not None else BF16_NOTE
+            same = prompts.ids.shape == ids.shape and bool((prompts.ids == ids).all()) and bool(
+                (prompts.attention_mask == mask.bool()).all())
+            rows.append(Row("backbone", tag, "prompt ids + mask (official _build_captions/_add_prefix_ids)",
+                            0.0 if same else 1.0, 0.0))
+            keep = mask.bool()
+            with torch.no_grad():
+                embeds = off.prepare_inputs_embeds(ids, latent_map)
+                h_off = off.forward_model(inputs_embeds=embeds, attention_mask=mask,
+                                          use_cache=False).last_hidden_state
+                h_our = ours(prompts.ids, prompts.context, attention_mask=prompts.attention_mask)
+                rows.append(Row("backbone", tag, "hidden, no cache (non-pad positions)",
+                                max_abs(h_our[keep], h_off[keep]), tol, note=note))
+                rows.append(Row("backbone", tag, "hidden, no cache (pad positions)",
+                                max_abs(h_our[~keep], h_off[~keep]), None,
+                                note="pad queries: official (CPU) attends uniformly to all masked keys, nx "
+                                     "to itself; never read by a real position"))
+                seq, extra = ids.shape[1], grid[0] * grid[1]
+                cache = StaticCache(config=off.config, max_batch_size=ids.shape[0], max_cache_len=seq + extra,
+                                    device="cpu", dtype=dtype)
+                h_off_c = off.forward_model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
+                                            use_cache=True).last_hidden_state
+                full = torch.ones(ids.shape[0], seq + extra, dtype=torch.bool)
+                full[:, :seq] = prompts.attention_mask
+                h_our_c = ours(prompts.ids, prompts.context, attention_mask=full[:, :seq],
+                               caches=ours.new_caches(ids.shape[0], seq + extra))
+                rows.append(Row("backbone", tag, "hidden, static-cache prefill, last position",
+                                max_abs(h_our_c[:, -1], h_off_c[:, -1]), tol, note=note))
+    return rows
+
+
+@contextlib.contextmanager
+def _recording_official(pipe):
+    """Keeps the official pipeline's sampled tokens (``decoding``) and the VAE's decoded images."""
+    rec: dict = {}
+    decoding, decode = pipe.decoding, pipe.vae.decode
+
+    def keep_tokens(*args, **kwargs):
+        rec["tokens"] = decoding(*args, **kwargs)
+        return rec["tokens"]
+
+    def keep_images(z, *args, **kwargs):
+        out = decode(z, *args, **kwargs)
+        rec["decoded"] = out.sample
+        return out
+
+    pipe.decoding, pipe.vae.decode = keep_tokens, keep_images
+    try:
+        yield rec
+    finally:
+        del pipe.decoding, pipe.vae.decode
+
+
+@contextlib.contextmanager
+def _recording_nx(advance: tuple[tuple[int, ...], torch.dtype] | None = None):
+    """Keeps nx's sampled tokens (``generate_latents`` as the pipeline calls it). ``advance``: one
+    ``randn(shape, dtype)`` from the pipeline's generator first (the official posterior sample)."""
+    import nxrecipes.nextstep1.pipeline as pipeline_module
+
+    real = pipeline_module.generate_latents
+    rec: dict = {}
+
+    def wrapped(model, prompts, *, sampling, generator, progress):
+        if advance is not None:
+            torch.randn(advance[0], generator=generator, dtype=advance[1])
+        out = real(model, prompts, sampling=sampling, generator=generator, progress=progress)
+        rec["tokens"] = out.latents
+        return out
+
+    pipeline_module.generate_latents = wrapped
+    try:
+        yield rec
+    finally:
+        pipeline_module.generate_latents = real
+
+
+GEN_SEED = 42
+
+
+@comparison("t2i")
+def t2i(ctx: Context) -> list[Row]:
+    """Official ``generate_image`` vs nx ``text_to_image``: 2 captions x 2 images, cfg 3, 5 steps, same
+    seed; the sampled tokens (after use_norm, model dtype) and the decoded images in [0, 1]."""
+    from nxrecipes.nextstep1.generate import ImageSampling
+
+    tiny = _tiny(ctx)
+    rows = _tiny_rows(ctx)
+    for dtype, tol in ((torch.float32, FP32_TOL), (torch.bfloat16, None)):
+        off_pipe, our_pipe = tiny.pipelines(dtype)
+        for use_norm in (True, False):
+            for shift in (1.0, 3.2):
+                for schedule in ("constant", "linear"):
+                    kw = {"cfg": 3.0, "cfg_schedule": schedule, "timesteps_shift": shift,
+                          "num_sampling_steps": 5,
+                          "use_norm": use_norm}
+                    with _recording_official(off_pipe) as rec_off:
+                        off_pipe.generate_image(list(TINY_CAPTIONS), hw=TINY_HW, num_images_per_caption=2,
+                                                seed=GEN_SEED, progress=False, **kw)
+                    with _recording_nx() as rec_our:
+                        images = our_pipe.text_to_image(
+                            list(TINY_CAPTIONS), hw=TINY_HW, num_images_per_caption=2,
+                            sampling=ImageSampling(**kw), seed=GEN_SEED, progress=False)
+                    tokens = rec_our["tokens"].reshape(rec_off["tokens"].shape)
+                    decoded = ((rec_off["decoded"].float() + 1) / 2).clamp(0, 1)
+                    tag = (f"cfg 3, 5 steps, use_norm {use_norm}, shift {shift:g}, {schedule}, "
+                           "2 captions x 2 "
+                           f"[{_dtype_name(dtype)}]")
+                    note = "" if tol is not None else BF16_NOTE
+                    rows.append(Row("t2i", tag, "sampled tokens (16 per image)",
+                                    max_abs(tokens, rec_off["tokens"]),
+                                    tol, note=note))
+                    rows.append(Row("t2i", tag, "decoded image [0, 1]", max_abs(images, decoded), tol,
+                                    note=note))
+    return rows
+
+
+@comparison("edit")
+def edit(ctx: Context) -> list[Row]:
+    """Official ``generate_image`` with source images vs nx ``edit`` (3-way CFG: cfg 3, cfg_img 2).
+
+    The official pipeline draws a posterior sample of the sources (one randn of the latent map's
+    shape, in the VAE dtype, from the global stream, BEFORE the sampler's draws); nx encodes the
+    posterior mean and does not draw. With ``deterministic: true`` (std 0) the sample is the mean, so
+    the source latents agree, and nx's generator is advanced by the same draw (``_recording_nx``) so the
+    sampler noise agrees too. Rows "nx as is" leave the generator alone (different noise: info only).
+    Both sides get the same pixel tensor (official ``pil2tensor``)."""
+    from nxrecipes.nextstep1.generate import ImageSampling
+
+    tiny = _tiny(ctx)
+    rows = _tiny_rows(ctx)
+    srcs = _sources(len(TINY_EDITS))
+    per_caption = 2
+    latent_hw = (TINY_HW[0] // 2, TINY_HW[1] // 2)  # the AE's own downsample (before the 2 x 2 token patch)
+    for dtype, tol in ((torch.float32, FP32_TOL), (torch.bfloat16, None)):
+        off_pipe, our_pipe = tiny.pipelines(dtype)
+        pixels = torch.stack([off_pipe.pil2tensor(i) for i in srcs])
+        for schedule in ("constant", "linear"):
+            kw = {"cfg": 3.0, "cfg_img": 2.0, "cfg_schedule": schedule, "timesteps_shift": 3.2,
+                  "num_sampling_steps": 5, "use_norm": True}
+            with _recording_official(off_pipe) as rec_off:
+                off_pipe.generate_image(list(TINY_EDITS), images=list(srcs), hw=TINY_HW,
+                                        num_images_per_caption=per_caption,
+                                        negative_prompt=TINY_NEGATIVE_EDIT,
+                                        seed=GEN_SEED, progress=False, **kw)
+            posterior = ((2 * len(srcs) * per_caption, TINY_LM["latent_channels"], *latent_hw), dtype)
+            results = {}
+            for label, advance in (("", posterior), (" (nx as is)", None)):
+                with _recording_nx(advance) as rec_our:
+                    images = our_pipe.edit(pixels, list(TINY_EDITS), hw=TINY_HW,
+                                           num_images_per_caption=per_caption,
+                                           negative_prompt=TINY_NEGATIVE_EDIT, sampling=ImageSampling(**kw),
+                                           seed=GEN_SEED, progress=False)
+                results[label] = (rec_our["tokens"].reshape(rec_off["tokens"].shape), images)
+            decoded = ((rec_off["decoded"].float() + 1) / 2).clamp(0, 1)
+            tag = f"cfg 3 cfg_img 2, 5 steps, shift 3.2, use_norm, {schedule}, 2 x 2 [{_dtype_name(dtype)}]"
+            for label, (tokens, images) in results.items():
+                as_is = bool(label)
+                note = ("nx draws no posterior sample: its noise stream is one draw behind the official's"
+                        if as_is else ("" if tol is not None else BF16_NOTE))
+                rows.append(Row("edit", tag, "sampled tokens" + label, max_abs(tokens, rec_off["tokens"]),
+                                None if as_is else tol, note=note))
+                rows.append(Row("edit", tag, "decoded image [0, 1]" + label, max_abs(images, decoded),
+                                None if as_is else tol, note=note))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def import_official(path: str, stubs: str | None) -> SimpleNamespace:
@@ -482,6 +915,7 @@ def import_official(path: str, stubs: str | None) -> SimpleNamespace:
         fm_head=importlib.import_module("nextstep.models.modeling_fm_head"),
         model=importlib.import_module("nextstep.models.modeling_nextstep"),
         pipeline=importlib.import_module("nextstep.models.pipeline_nextstep"),
+        config=importlib.import_module("nextstep.models.configuration_nextstep"),
     )
 
 
@@ -507,9 +941,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stubs", default=None, help="directory prepended to sys.path (e.g. a torchvision stub)")
     ap.add_argument("--only", action="append", choices=sorted(REGISTRY), help="run only this comparison")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny sizes: 1 is fastest)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
 
     official = import_official(args.official, args.stubs)
     ctx = Context(official=official, official_path=args.official, seed=args.seed)
@@ -528,7 +963,8 @@ def main(argv: list[str] | None = None) -> int:
         "official": {"path": args.official, "snapshot": "GH-v1 6e49bae"},
         "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "diffusers": diffusers.__version__, "python": platform.python_version(),
-                        "ENABLE_TORCH_COMPILE": os.environ.get("ENABLE_TORCH_COMPILE")},
+                        "ENABLE_TORCH_COMPILE": os.environ.get("ENABLE_TORCH_COMPILE"),
+                        "threads": torch.get_num_threads()},
         "seed": args.seed,
         "seconds": timings,
         "rows": [asdict(r) for r in rows],

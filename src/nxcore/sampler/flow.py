@@ -36,6 +36,13 @@ Fields that can be evaluated together (``JoinableField``: ``cond.join(uncond)`` 
 the stacked rows) are, in one call per step: the upstream head call (``cat([x] * branches)``), which
 is faster and rounds as upstream does in bf16.
 
+A field with an ``at_time(x, t)`` method (``t`` a Python float, the same time for every row) is
+evaluated through it instead of ``field(x, t_tensor)``: the NextStep-1 head's ``SnapshotField``
+memoises its time embedding per t that way.
+
+Velocities are checked for NaN / inf once per ``sample`` (on the result, so no step waits for the
+device): a non-finite result names the first field and time that produced a non-finite velocity.
+
 Noise (``noise_repeat``): ``None`` draws every row independently; ``k`` draws ``[k, latent_dim]`` and
 tiles it over the rows (row i gets draw ``i % k``), the official pipeline's sharing of noise between
 the k-th images of every caption (``num_images_per_caption = k``).
@@ -43,6 +50,7 @@ the k-th images of every caption (``num_images_per_caption = k``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -53,14 +61,7 @@ from nxcore.checks import check_tensor
 from nxcore.config import finite_number, integer, one_of
 from nxcore.head.protocol import JoinableField, VelocityField
 from nxcore.sampler._checks import check_uncond_sequence, is_callable
-from nxcore.sampler.guidance import (
-    ConstantGuidance,
-    LinearDecay,
-    as_guidance,
-    guidance_weight,
-    mix_guidance,
-    mix_image_guidance,
-)
+from nxcore.sampler.guidance import ConstantGuidance, LinearDecay, as_guidance, guidance_weight
 from nxcore.sampler.protocol import LatentSampler
 from nxcore.typing import Float, typecheck
 
@@ -128,14 +129,7 @@ class FlowSampler(LatentSampler):
 
     def steps(self) -> list[tuple[float, float, bool]]:
         """Every step as ``(t, t_next, stochastic)``; the field is evaluated once per step at t."""
-        n, sde = self.num_steps, self.method == "sde"
-        if self.timesteps == "clean":
-            grid = _shifted([i / n for i in range(n + 1)], self.shift)
-            return [(grid[i], grid[i + 1], sde and i < n - 1) for i in range(n)]
-        end = 1.0 - NEXTSTEP1_LAST_STEP
-        grid = _shifted([end * i / (n - 1) if n > 1 else 0.0 for i in range(n)], self.shift)
-        between = [(grid[i], grid[i + 1], sde) for i in range(n - 1)]
-        return [*between, (grid[-1], grid[-1] + NEXTSTEP1_LAST_STEP, False)]
+        return list(_steps(self.num_steps, float(self.shift), self.method, self.timesteps))
 
     @property
     def evaluation_times(self) -> tuple[float, ...]:
@@ -173,25 +167,33 @@ class FlowSampler(LatentSampler):
                 "pass the number of images per caption (every caption has that many rows) or None"
             )
         joined = cond.join(extra) if extra and isinstance(cond, JoinableField) else None
+        k, tiles = len(fields), shape[0] // rows
 
         def noise() -> Tensor:
             draw = torch.randn((rows, shape[1]), generator=generator, dtype=torch.float32,
-                               device=noise_device)
-            return draw.to(device).repeat(shape[0] // rows, 1)
+                               device=noise_device).to(device)
+            return draw if tiles == 1 else torch.cat([draw] * tiles)
+
+        if joined is not None:
+            at_joined = _at_time(joined, device)
+        else:
+            evaluators = [(name, _at_time(f, device)) for name, f in fields]
+
+        evaluated: list[tuple[float, str, Tensor]] = []  # checked for NaN / inf once, at the end
 
         def velocity(x: Tensor, t: float) -> Tensor:
-            times = torch.full((shape[0],), t, dtype=torch.float32, device=device)
             if joined is not None:
-                k = len(fields)
-                v_all = _evaluate("cond.join(uncond)", joined, x.repeat(k, 1), times.repeat(k), t)
-                v = list(v_all.chunk(k))
+                v_all = _evaluate("cond.join(uncond)", at_joined, torch.cat([x] * k), t)
+                evaluated.append((t, "cond.join(uncond)", v_all))
+                v = v_all.chunk(k)
             else:
-                v = [_evaluate(name, f, x, times, t) for name, f in fields]
+                v = [_evaluate(name, at, x, t) for name, at in evaluators]
+                evaluated.extend((t, name, vi) for (name, _), vi in zip(evaluators, v, strict=True))
             if len(v) == 1:
                 return v[0]
             if len(v) == 2:
-                return mix_guidance(v[0], v[1], w)
-            return mix_image_guidance(v[0], v[1], v[2], w, w_img)
+                return _mix(v[0], v[1], w)
+            return _mix_image(v[0], v[1], v[2], w, w_img)
 
         x = noise()
         for t, t_next, stochastic in self.steps():
@@ -199,10 +201,49 @@ class FlowSampler(LatentSampler):
             v = velocity(x, t)
             if stochastic:
                 drift = (1.0 + t) * v - x
-                x = x + drift * dt + ((2.0 * (1.0 - t) * dt) ** 0.5) * noise()
+                x = torch.add(x, drift, alpha=dt)
+                x.add_(noise(), alpha=(2.0 * (1.0 - t) * dt) ** 0.5)
             else:
-                x = x + v * dt
+                x = torch.add(x, v, alpha=dt)
+        if not bool(torch.isfinite(x).all()):
+            _raise_non_finite(evaluated)
         return x
+
+
+@functools.lru_cache(maxsize=256)
+def _steps(n: int, shift: float, method: str, timesteps: str) -> tuple[tuple[float, float, bool], ...]:
+    sde = method == "sde"
+    if timesteps == "clean":
+        grid = _shifted([i / n for i in range(n + 1)], shift)
+        return tuple((grid[i], grid[i + 1], sde and i < n - 1) for i in range(n))
+    end = 1.0 - NEXTSTEP1_LAST_STEP
+    grid = _shifted([end * i / (n - 1) if n > 1 else 0.0 for i in range(n)], shift)
+    between = [(grid[i], grid[i + 1], sde) for i in range(n - 1)]
+    return (*between, (grid[-1], grid[-1] + NEXTSTEP1_LAST_STEP, False))
+
+
+def _at_time(field: VelocityField, device: torch.device) -> Callable[[Tensor, float], Tensor]:
+    """``(x, t) -> v`` at one scalar time t for every row: the field's ``at_time`` when it has one,
+    else the field called with a float32 tensor of t."""
+    at_time = getattr(field, "at_time", None)
+    if callable(at_time):
+        return at_time
+
+    def call(x: Tensor, t: float) -> Tensor:
+        return field(x, torch.full((x.shape[0],), t, dtype=torch.float32, device=device))
+
+    return call
+
+
+def _mix(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
+    """``mix_guidance`` for finite velocities: ``c + (w - 1)(c - u)`` (``w = 1`` gives c exactly)."""
+    return cond if w == 1 else torch.add(cond, cond - uncond, alpha=w - 1.0)
+
+
+def _mix_image(cond: Tensor, with_image: Tensor, without_image: Tensor, w: float, w_img: float) -> Tensor:
+    """``mix_image_guidance``: ``c + (w - 1)(c - u1) + (w_img - 1)(u1 - u2)``."""
+    out = torch.add(cond, cond - with_image, alpha=w - 1.0)
+    return out.add_(with_image - without_image, alpha=w_img - 1.0)
 
 
 def _check_fields(fields: list[tuple[str, object]]) -> tuple[int, int]:
@@ -225,20 +266,23 @@ def _check_fields(fields: list[tuple[str, object]]) -> tuple[int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _evaluate(name: str, field: VelocityField, x: Tensor, times: Tensor, t: float) -> Tensor:
-    v = check_tensor(f"velocity of {name}", field(x, times), kind="float")
+def _evaluate(name: str, at: Callable[[Tensor, float], Tensor], x: Tensor, t: float) -> Tensor:
+    v = check_tensor(f"velocity of {name}", at(x, t), kind="float")
     if tuple(v.shape) != tuple(x.shape):
         raise ValueError(
             f"velocity of {name} has shape {tuple(v.shape)} at t={t:.4g}, expected "
             f"{tuple(x.shape)} (the field's shape)"
         )
-    v = v.float()
-    if torch.isnan(v).any():
-        raise ValueError(
-            f"velocity of {name} contains NaN at t={t:.4g}; check the field (head) output"
-        )
-    if not torch.isfinite(v).all():
-        raise ValueError(
-            f"velocity of {name} contains inf at t={t:.4g}; check the field (head) output"
-        )
-    return v
+    return v.float()
+
+
+def _raise_non_finite(evaluated: list[tuple[float, str, Tensor]]) -> None:
+    """Name the first velocity that held NaN or inf. Checked once per ``sample`` (no per-step sync):
+    a non-finite velocity always leaves the result non-finite, unless its branch has weight 0."""
+    for t, name, v in evaluated:
+        if not bool(torch.isfinite(v).all()):
+            kind = "NaN" if bool(torch.isnan(v).any()) else "inf"
+            raise ValueError(
+                f"velocity of {name} contains {kind} at t={t:.4g}; check the field (head) output"
+            )
+    raise ValueError("the sampled latents hold NaN or inf although every velocity was finite")

@@ -9,7 +9,8 @@ Per image token k (raster order, h*w tokens in all)::
 
     c      = model.condition(last hidden state of every row, k)              [rows, dim]
     token  = FlowSampler over image_head's velocity fields, CFG on velocities  [images, latent_dim]
-             (the branches' fields join: every row through the head in one call per sampler step)
+             (the branches' fields join: every row through the head in one call per sampler step;
+             the fields are those of ``image_head.snapshot()``, made once per generation)
     token  = token in the model dtype; LayerNorm over latent_dim (no affine, eps 1e-6) if use_norm
     hidden = one decode step of image_in_projector(token), replicated over the branches
 
@@ -21,8 +22,9 @@ Noise (``ImageSampling.noise``):
 - ``"tiled"`` (upstream, default): every draw is one fp32 ``randn(num_images_per_caption,
   latent_dim)`` tiled over the captions (``FlowSampler(noise_repeat=...)``), so image j of every
   caption sees the same noise and a caption's images do not depend on the rest of the batch. With a
-  generator on the model's device seeded with upstream's seed, the draws should be upstream's
-  (same shapes, dtype and order; not yet checked against an official run).
+  generator on the model's device seeded with upstream's seed, the draws are upstream's (same
+  shapes, dtype and order; checked on the CPU against official ``generate_image`` runs by
+  ``benchmarks/nextstep1_parity.py``: same tokens to ~2e-6 in fp32).
 - ``"independent"``: one draw of [images, latent_dim] per sampler step, every image its own noise.
 """
 
@@ -166,19 +168,21 @@ def generate_latents(
     hidden = model(prompts.ids, prompts.context, attention_mask=mask[:, :seq], caches=caches)[:, -1]
     use_index = model.gen_pos_embed is not None
     sampler = sampling.sampler(prompts.per_caption)
+    head = model.image_head.snapshot()  # the head's inference form, built once per generation
     tokens, kept = [], []
     for step in tqdm(range(total), desc="image tokens", disable=not progress, leave=False):
         cond = model.condition(hidden, step if use_index else None)
         if keep_conditions:
             kept.append(cond)
-        fields = [model.image_head.predict(branch) for branch in cond.chunk(k)]
+        fields = [head.predict(branch) for branch in cond.chunk(k)]
         token = sampler.sample(fields[0], fields[1:], step=step, num_steps=total, generator=generator)
         token = token.to(cond.dtype)
         if sampling.use_norm:
             token = F.layer_norm(token, token.shape[-1:], None, None, TOKEN_NORM_EPS)
         tokens.append(token)
         if step + 1 < total:
-            x = model.image_in_projector(token).repeat(k, 1)[:, None]
+            x = model.image_in_projector(token)
+            x = (torch.cat([x] * k) if k > 1 else x)[:, None]
             hidden = model.forward_embeds(x, attention_mask=mask[:, : seq + step + 1], caches=caches)[:, -1]
     latents = torch.stack(tokens, dim=1).view(n, h, w, -1)
     return LatentGeneration(latents, torch.stack(kept) if keep_conditions else None)

@@ -336,3 +336,31 @@ class BareField:
 def test_wrongly_shaped_velocity_is_reported():
     with pytest.raises(ValueError, match=r"velocity of cond has shape \(2, 4\) at t=0, expected"):
         FlowSampler(num_steps=2).sample(BareField(), generator=gen(0))
+
+
+class _ScalarTimeField:
+    """A field that offers ``at_time``: the sampler must call it with the Python float t."""
+
+    shape = (2, 3)
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, x, t):
+        raise AssertionError("the sampler should use at_time")
+
+    def at_time(self, x, t):
+        self.times.append(t)
+        return -x
+
+
+def test_fields_with_at_time_get_the_scalar_time():
+    field = _ScalarTimeField()
+    sampler = FlowSampler(num_steps=3, method="ode", timesteps="nextstep1", shift=2.0)
+    out = sampler.sample(field, generator=torch.Generator().manual_seed(0))
+    assert field.times == list(sampler.evaluation_times) and all(isinstance(t, float) for t in field.times)
+    x = torch.randn((2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    for t, t_next, _ in sampler.steps():
+        x = x - x * (t_next - t)
+    torch.testing.assert_close(out, x)
+    assert sampler.steps() is not sampler.steps() and sampler.steps() == sampler.steps()  # cached, copied

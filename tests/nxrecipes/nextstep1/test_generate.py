@@ -9,6 +9,7 @@ from nxcore.sampler import FlowSampler
 from nxcore.tokenizer import BPETokenizer, SpecialTokens
 from nxrecipes.nextstep1 import FlowHeadConfig, nextstep1_tiny
 from nxrecipes.nextstep1.generate import ImageSampling, generate_latents, teacher_forced_conditions
+from nxrecipes.nextstep1.head import FlowNetSnapshot
 from nxrecipes.nextstep1.prompt import build_prompts, model_special_ids
 
 CORPUS = ["a red circle above a blue square", "two green triangles to the left of a yellow star",
@@ -120,19 +121,18 @@ def test_every_branch_goes_through_the_head_in_one_call_per_step(tok, model):
     source = torch.randn(1, 1, 1, 64)
     prompts = build_prompts(tok, ["<image>blue"], (1, 2), sources=source, num_images_per_caption=2,
                             cfg=3.0, cfg_img=2.0)
-    head = model.image_head
     calls = []
-    original = head.velocity
+    original = FlowNetSnapshot.velocity
 
-    def counted(x, t, cond):
+    def counted(self, x, time_emb, cond_emb):
         calls.append(x.shape[0])
-        return original(x, t, cond)
+        return original(self, x, time_emb, cond_emb)
 
-    head.velocity = counted
+    FlowNetSnapshot.velocity = counted
     try:
         run(model, prompts, ImageSampling(cfg=3.0, cfg_img=2.0, num_sampling_steps=3))
     finally:
-        del head.velocity
+        FlowNetSnapshot.velocity = original
     assert calls == [6] * (2 * 3)
 
 

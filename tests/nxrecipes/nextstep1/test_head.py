@@ -215,3 +215,44 @@ class _Plain:
 
     def __call__(self, x, t):
         return self.field(x, t)
+
+
+def test_snapshot_fields_equal_predict_with_fewer_ops():
+    """FlowNetSnapshot (generation's inference form: folded adaLN projections, memoised time and
+    condition embeddings) gives predict's velocities, alone, joined, and at a scalar time."""
+    head = randomised(small_head(), scale=0.3)
+    with torch.no_grad():  # a non-trivial LayerNorm affine, which the snapshot folds in
+        for block in head.net.res_blocks:
+            block.in_ln.weight.add_(0.5 * torch.randn(block.in_ln.weight.shape))
+    snapshot = head.snapshot()
+    conds = torch.randn(3, 2, 12, generator=torch.Generator().manual_seed(5))
+    x, t = torch.randn(6, 8), torch.rand(6)
+    with torch.no_grad():
+        field = snapshot.predict(conds[0])
+        assert isinstance(field, VelocityField) and field.shape == (2, 8)
+        torch.testing.assert_close(field(x[:2], t[:2]), head.velocity(x[:2], t[:2], conds[0]), atol=1e-5, rtol=1e-5)
+        joined = field.join([snapshot.predict(c) for c in conds[1:]])
+        torch.testing.assert_close(joined(x, t), head.velocity(x, t, conds.reshape(6, 12)), atol=1e-5, rtol=1e-5)
+        same_t = torch.full((6,), 0.37)
+        torch.testing.assert_close(joined.at_time(x, 0.37), head.velocity(x, same_t, conds.reshape(6, 12)),
+                                   atol=1e-5, rtol=1e-5)
+        sampler = FlowSampler(num_steps=4, timesteps="nextstep1", guidance=3.0, image_guidance=2.0)
+        fast = sampler.sample(field, [snapshot.predict(c) for c in conds[1:]], generator=torch.Generator().manual_seed(0))
+        slow = sampler.sample(head.predict(conds[0]), [head.predict(c) for c in conds[1:]],
+                              generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        bf16 = small_head().to(torch.bfloat16)
+        randomised(bf16)
+        c16 = conds[0].to(torch.bfloat16)
+        torch.testing.assert_close(bf16.snapshot().predict(c16).at_time(x[:2], 0.37),
+                                   bf16.velocity(x[:2], torch.full((2,), 0.37), c16), atol=0.05, rtol=0.05)
+
+
+def test_snapshot_fields_fall_back_to_the_head_under_autograd():
+    head = randomised(small_head())
+    field = head.snapshot().predict(torch.randn(2, 12))
+    v = field.at_time(torch.randn(2, 8), 0.5)  # gradients enabled: head.velocity, so they reach the head
+    v.sum().backward()
+    assert head.net.res_blocks[0].adaLN_modulation[1].weight.grad is not None
+    with pytest.raises(ValueError, match=r"x has shape \(3, 8\) but the field predicts \(2, 8\)"), torch.no_grad():
+        field.at_time(torch.randn(3, 8), 0.5)
