@@ -41,6 +41,7 @@ __all__ = [
     "Op",
     "clear_cache",
     "cuda_reasons",
+    "eager_inference",
     "get_op",
     "parse_mode",
     "registered_ops",
@@ -98,6 +99,16 @@ def clear_cache() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # availability checks: device type -> reasons (empty = available); none imports eagerly
+
+
+def eager_inference(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op may call its kernel directly instead of through its ``torch.library`` custom op:
+    eager (not traced by ``torch.compile``) and no gradient needed for any of ``tensors``. The custom
+    op exists for tracing and autograd; skipping its dispatch saves ~0.1 ms per call, which is most of
+    a small model's decode step."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def _interpreting() -> bool:

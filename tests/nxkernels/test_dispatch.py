@@ -220,3 +220,32 @@ def test_dispatched_ops_trace_under_torch_compile_fullgraph():
     fn = torch.compile(lambda a, m: gated_residual(a, m, adaln_modulate(a, m, m)), backend="eager",
                        fullgraph=True)
     torch.testing.assert_close(fn(x, mod), gated_residual(x, mod, adaln_modulate(x, mod, mod)))
+
+
+def test_eager_inference_calls_the_kernel_directly_with_the_custom_ops_result(monkeypatch):
+    """Without autograd and outside torch.compile the ops skip their custom-op dispatch; the result is
+    the custom op's, and a call that needs gradients still goes through the op (and its backward)."""
+    from nxkernels.rms_norm import rms_norm
+    from nxkernels.rope import apply_rope, apply_rope_qk
+    from nxkernels.swiglu import swiglu
+
+    g = torch.Generator().manual_seed(0)
+    x, w, r = torch.randn(3, 5, 8, generator=g), torch.rand(8, generator=g), torch.randn(3, 5, 8, generator=g)
+    pos, inv = torch.arange(5.0)[:, None], torch.rand(4, generator=g)
+    calls = {
+        "rms_norm": lambda: rms_norm(x, w, 1e-6),
+        "rms_norm residual": lambda: rms_norm(x, w, 1e-6, residual=r),
+        "rope": lambda: apply_rope(x, pos, inv),
+        "rope qk": lambda: apply_rope_qk(x, r, pos, inv),
+        "swiglu": lambda: swiglu(x, r),
+    }
+    with torch.no_grad():
+        direct = {name: call() for name, call in calls.items()}
+    assert dispatch.eager_inference(x) and not dispatch.eager_inference(x.requires_grad_())
+    through_op = {name: call() for name, call in calls.items()}
+    for name in calls:
+        ops = torch.utils._pytree.tree_leaves(through_op[name])
+        for a, b in zip(torch.utils._pytree.tree_leaves(direct[name]), ops, strict=True):
+            assert torch.equal(a, b.detach()), name
+        assert ops[0].requires_grad, name  # the op path keeps autograd
+    x.requires_grad_(False)

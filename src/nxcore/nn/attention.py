@@ -203,7 +203,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            q, k = self._rotate(torch.cat([q, k], dim=1), positions).split([q.shape[1], k.shape[1]], dim=1)
         if cache is not None:
             k, v = cache.append(k, v)
         if is_causal and mask is not None:
@@ -215,7 +215,8 @@ class Attention(nn.Module):
 
     def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
         """``rope.apply`` with [seq, axes] positions, or per row with [batch, seq, axes]: the rows are
-        laid end to end along seq (one rotation call), then split back."""
+        laid end to end along seq (one rotation call), then split back. Queries and keys go through
+        together (stacked along heads): one rotation table per call."""
         if positions.ndim == 2:
             return self.rope.apply(x, positions)
         batch, heads, seq, head_dim = x.shape

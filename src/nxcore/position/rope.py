@@ -6,6 +6,7 @@ attention head, pairs = head_dim // 2. The rotation itself is the ``nxkernels.ro
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -24,11 +25,18 @@ __all__ = ["RoPE1D", "rope_inv_freq", "rotate"]
 def rope_inv_freq(
     head_dim: int, theta: float, *, device: torch.device | str = "cpu"
 ) -> Float[Tensor, " pairs"]:
-    """Frequencies theta^(-2i / head_dim), i = 0 .. head_dim // 2 - 1 (fp32; computed in fp64)."""
+    """Frequencies theta^(-2i / head_dim), i = 0 .. head_dim // 2 - 1 (fp32; computed in fp64).
+    Memoised per (head_dim, theta, device): every layer asks for the same table at every call; the
+    table is shared, so do not modify it in place."""
     _check_head_dim("head_dim", head_dim)
     _check_theta("theta", theta)
+    return _inv_freq(head_dim, float(theta), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _inv_freq(head_dim: int, theta: float, device: torch.device) -> Tensor:
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-    return (float(theta) ** -exponents).to(device=device, dtype=torch.float32)
+    return (theta ** -exponents).to(device=device, dtype=torch.float32)
 
 
 @typecheck

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nxkernels.dispatch import Backend, Op, triton_reasons
+from nxkernels.dispatch import Backend, Op, eager_inference, triton_reasons
 from nxkernels.rms_norm.reference import rms_norm_reference
 from nxkernels.typecheck import typecheck
 
@@ -71,8 +71,7 @@ def _kernels(backend: str) -> dict:
     return RMS_NORM.backend(backend).load()
 
 
-@torch.library.custom_op("nxkernels::rms_norm_fwd", mutates_args=())
-def _rms_norm_fwd(
+def _rms_norm_forward(
     x: Tensor, weight: Tensor, residual: Tensor | None, eps: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     shape = x.shape
@@ -81,6 +80,9 @@ def _rms_norm_fwd(
     y, h, rstd = _kernels(backend)["forward"](x2, weight, r2, eps)
     h = x.new_empty(0) if h is None else h.view(shape)
     return y.view(shape), h, rstd.view(shape[:-1])
+
+
+_rms_norm_fwd = torch.library.custom_op("nxkernels::rms_norm_fwd", mutates_args=())(_rms_norm_forward)
 
 
 @_rms_norm_fwd.register_fake
@@ -158,17 +160,18 @@ def _validate(x, weight, eps, residual) -> None:
             raise ValueError(
                 f"residual is on {residual.device} but x is on {x.device}; move it with .to(x.device)"
             )
-        try:
-            torch.broadcast_shapes(residual.shape, x.shape)
-        except RuntimeError:
-            ok = False
-        else:
-            ok = torch.broadcast_shapes(residual.shape, x.shape) == x.shape
-        if not ok:
+        if residual.shape != x.shape and not _broadcasts_to(residual.shape, x.shape):
             raise ValueError(
                 f"residual has shape {tuple(residual.shape)}, which does not broadcast to x's shape "
                 f"{tuple(x.shape)}"
             )
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 @typecheck
@@ -190,5 +193,6 @@ def rms_norm(
     if residual is not None:
         residual = residual.expand(x.shape)
     chosen = RMS_NORM.select(x, weight, eps, residual=residual, backend=backend)
-    y, h, _ = torch.ops.nxkernels.rms_norm_fwd(x, weight, residual, float(eps), chosen.name)
+    forward = _rms_norm_forward if eager_inference(x, weight, residual) else torch.ops.nxkernels.rms_norm_fwd
+    y, h, _ = forward(x, weight, residual, float(eps), chosen.name)
     return y if residual is None else (y, h)

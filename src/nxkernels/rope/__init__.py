@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nxkernels.dispatch import Backend, Op, triton_reasons
+from nxkernels.dispatch import Backend, Op, eager_inference, triton_reasons
 from nxkernels.rope.reference import (
     _check_float,
     apply_rope_reference,
@@ -100,12 +100,14 @@ def _kernels(backend: str) -> dict:
     return ROPE.backend(backend).load()
 
 
-@torch.library.custom_op("nxkernels::rope", mutates_args=())
-def _rope(
+def _rope_forward(
     x: Tensor, positions: Tensor, inv_freq: Tensor, sections: list[int], inverse: bool, backend: str
 ) -> Tensor:
     kernel = _kernels(backend)["backward" if inverse else "forward"]
     return kernel(x, positions, inv_freq, sections)
+
+
+_rope = torch.library.custom_op("nxkernels::rope", mutates_args=())(_rope_forward)
 
 
 @_rope.register_fake
@@ -186,7 +188,8 @@ def apply_rope(
     """
     sections = _validate(x, positions, inv_freq, sections)
     chosen = ROPE.select(x, positions, inv_freq, sections, backend=backend)
-    return torch.ops.nxkernels.rope(x, positions, inv_freq, list(sections), False, chosen.name)
+    rope = _rope_forward if eager_inference(x) else torch.ops.nxkernels.rope
+    return rope(x, positions, inv_freq, list(sections), False, chosen.name)
 
 
 @typecheck
@@ -216,4 +219,5 @@ def apply_rope_qk(
         raise TypeError(f"k has dtype {k.dtype} but q has {q.dtype}; cast it with .to(q.dtype)")
     chosen = ROPE.select(q, positions, inv_freq, sections, backend=backend)
     args = (positions, inv_freq, list(sections), False, chosen.name)
-    return torch.ops.nxkernels.rope(q, *args), torch.ops.nxkernels.rope(k, *args)
+    rope = _rope_forward if eager_inference(q, k) else torch.ops.nxkernels.rope
+    return rope(q, *args), rope(k, *args)

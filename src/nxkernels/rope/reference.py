@@ -26,6 +26,8 @@ rotation is the inverse rotation (angle -> -angle): ``dx = dy * cos - rotate_hal
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -131,14 +133,20 @@ def rope_cos_sin(
             "with .to(positions.device)"
         )
     compute = _compute_dtype(positions.dtype)
-    axis_of_pair = torch.repeat_interleave(
-        torch.arange(axes, device=positions.device),
-        torch.tensor(sections, device=positions.device),
-    )
-    per_pair = positions.to(compute)[:, axis_of_pair]  # [seq, pairs]
+    if axes == 1:
+        per_pair = positions.to(compute).expand(-1, pairs)  # [seq, pairs]
+    else:
+        per_pair = positions.to(compute)[:, _axis_of_pair(tuple(sections), positions.device)]
     angles = per_pair * inv_freq.to(compute)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_of_pair(sections: tuple[int, ...], device: torch.device) -> Tensor:
+    """The axis index of every pair, [pairs] (memoised: the same sections come at every call)."""
+    return torch.repeat_interleave(torch.arange(len(sections), device=device),
+                                   torch.tensor(sections, device=device))
 
 
 def resolve_sections(

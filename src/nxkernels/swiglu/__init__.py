@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nxkernels.dispatch import Backend, Op, triton_reasons
+from nxkernels.dispatch import Backend, Op, eager_inference, triton_reasons
 from nxkernels.swiglu.reference import check_swiglu_inputs, swiglu_reference
 from nxkernels.typecheck import typecheck
 
@@ -63,9 +63,11 @@ def _kernels(backend: str) -> dict:
     return SWIGLU.backend(backend).load()
 
 
-@torch.library.custom_op("nxkernels::swiglu_fwd", mutates_args=())
-def _swiglu_fwd(gate: Tensor, up: Tensor, backend: str) -> Tensor:
+def _swiglu_forward(gate: Tensor, up: Tensor, backend: str) -> Tensor:
     return _kernels(backend)["forward"](gate, up).contiguous()
+
+
+_swiglu_fwd = torch.library.custom_op("nxkernels::swiglu_fwd", mutates_args=())(_swiglu_forward)
 
 
 @_swiglu_fwd.register_fake
@@ -113,4 +115,5 @@ def swiglu(
     """
     check_swiglu_inputs(gate, up)
     chosen = SWIGLU.select(gate, up, backend=backend)
-    return torch.ops.nxkernels.swiglu_fwd(gate, up, chosen.name)
+    forward = _swiglu_forward if eager_inference(gate, up) else torch.ops.nxkernels.swiglu_fwd
+    return forward(gate, up, chosen.name)
