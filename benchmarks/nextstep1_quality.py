@@ -51,6 +51,7 @@ RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextstep1_training_tiny)
     "smoke": (1.5, {}),
     "main-10": (10, {}),
+    "main-30": (30, {}),
 }
 
 
