@@ -18,14 +18,6 @@ from nxrecipes.nextstep1.prompt import model_special_ids
 CORPUS = ["a red circle above a blue square", "two green triangles", "make the circle blue"] * 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

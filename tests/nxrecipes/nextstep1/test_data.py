@@ -16,14 +16,6 @@ from nxrecipes.tokenizer.data import to_model
 SIZE = 32  # ShapeWorld's smallest; the tiny autoencoder's downsample 8 makes it a 4 x 4 grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def text():
     return BPETokenizer.train(text_corpus(20), 300, special_tokens=NEXTSTEP1_SPECIALS)

@@ -17,14 +17,6 @@ CORPUS = ["a red circle above a blue square", "two green triangles to the left o
 FAST = ImageSampling(num_sampling_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return BPETokenizer.train(CORPUS, 300, special_tokens=SpecialTokens.nextstep1(), min_frequency=1)

@@ -13,15 +13,6 @@ from nxrecipes.nextstep1 import FlowHeadConfig, FlowMatchingHead
 from nxrecipes.nextstep1.head import timestep_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run fastest on one thread, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_head(**kw):
     torch.manual_seed(0)
     fields = {"width": 32, "depth": 2, "freq_dim": 16, "batch_mul": 4} | kw

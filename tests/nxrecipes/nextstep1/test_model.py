@@ -14,15 +14,6 @@ CFG = nextstep1_tiny(num_layers=2)
 P, BOI, EOI, PAD, AREA = CFG.image_placeholder_id, CFG.boi, CFG.eoi, CFG.pad_id, CFG.image_area_id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run fastest on one thread, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def model(**changes) -> NextStep1:
     torch.manual_seed(0)
     m = CFG.replace(**changes).build().eval()

@@ -27,16 +27,6 @@ from nxrecipes.nextstep1 import (
     nextstep1_tiny,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run fastest on one thread, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the official layout, written here -----------------------------------------------------------
 
 def official_config(model: NextStep1, *, spelling: str = "nextstep1", channels: int = 16, patch: int = 2) -> dict:

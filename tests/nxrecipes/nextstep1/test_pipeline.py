@@ -19,14 +19,6 @@ CORPUS = ["a red circle above a blue square", "two green triangles", "make the c
 FAST = ImageSampling(num_sampling_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def parts():
     """A tiny model, its BPE and a random autoencoder with 64-wide tokens (downsample 4)."""
     torch.manual_seed(0)

@@ -27,14 +27,6 @@ from nxrecipes.train.metrics import read_metrics
 TEXT = nextstep1_text_tokenizer(vocab_size=300, corpus_rounds=20)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ae_dir(tmp_path_factory):
     torch.manual_seed(0)
