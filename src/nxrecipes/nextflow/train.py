@@ -35,7 +35,6 @@ Unlike the tokenizer trainer, the number is not re-measured mid-run: the shared 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -65,9 +64,22 @@ from nxrecipes.tokenizer.objective import square_schedule
 from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.curriculum import Curriculum
-from nxrecipes.train.distributed import autocast, init_distributed
-from nxrecipes.train.loop import WEIGHTS_FILE, Trainer
-from nxrecipes.train.optim import build_optimizer
+from nxrecipes.train.distributed import init_distributed
+from nxrecipes.train.loop import Trainer
+from nxrecipes.train.run import (
+    CALIBRATION_STEPS,
+    IMAGE_TOKENIZER_DIR,
+    MODEL_CONFIG_FILE,
+    PLAN_FILE,
+    RUN_CONFIG_FILE,
+    TEXT_TOKENIZER_FILE,
+    UpdateProgress,
+    instance_of,
+    optional_minutes,
+    plan_steps,
+    read_run_config,
+    read_text_tokenizer,
+)
 from nxrecipes.train.seeding import seed_all
 
 __all__ = [
@@ -92,13 +104,6 @@ __all__ = [
     "train_nextflow",
 ]
 
-RUN_CONFIG_FILE = "run_config.json"
-MODEL_CONFIG_FILE = "model_config.json"
-TEXT_TOKENIZER_FILE = "tokenizer.json"
-IMAGE_TOKENIZER_DIR = "image_tokenizer"
-PLAN_FILE = "plan.json"
-CALIBRATION_STEPS = 6
-BUDGET_MARGIN = 0.95  # of the time left: checkpoints and the final export are not timed
 
 DEFAULT_TASK_MIX: tuple[tuple[str, float], ...] = (
     ("t2i", 0.6),
@@ -249,22 +254,6 @@ class NextFlowDataConfig(Config):
         )
 
 
-def _component(kind: type):
-    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, kind):
-            raise TypeError(
-                f"{type(instance).__qualname__}.{attribute.name} must be a {kind.__name__}, got "
-                f"{type(value).__name__}"
-            )
-
-    return validate
-
-
-def _minutes(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None:
-        finite_number(above=0)(instance, attribute, value)
-
-
 def _path(value: Any) -> Path:
     if isinstance(value, str | os.PathLike) and str(value):
         return Path(value)
@@ -286,12 +275,12 @@ class NextFlowTrainConfig(Config):
       small models only).
     """
 
-    model: NextFlowConfig = attrs.field(validator=_component(NextFlowConfig))
-    text_tokenizer: TextTokenizerConfig = attrs.field(validator=_component(TextTokenizerConfig))
+    model: NextFlowConfig = attrs.field(validator=instance_of(NextFlowConfig))
+    text_tokenizer: TextTokenizerConfig = attrs.field(validator=instance_of(TextTokenizerConfig))
     tokenizer_dir: Path = attrs.field(converter=_path)
-    data: NextFlowDataConfig = attrs.field(validator=_component(NextFlowDataConfig))
-    train: TrainConfig = attrs.field(validator=_component(TrainConfig))
-    minutes: float | None = attrs.field(default=None, validator=_minutes)
+    data: NextFlowDataConfig = attrs.field(validator=instance_of(NextFlowDataConfig))
+    train: TrainConfig = attrs.field(validator=instance_of(TrainConfig))
+    minutes: float | None = attrs.field(default=None, validator=optional_minutes)
     detail: bool = attrs.field(default=True, validator=_boolean)
     per_scale: bool = attrs.field(default=False, validator=_boolean)
 
@@ -372,28 +361,6 @@ class NextFlowStep:
         return model(batch.to(device), with_loss=True, detail=self.detail, per_scale=self.per_scale)
 
 
-class _Progress:
-    """A batch source that moves ``bar`` on by one update every ``per_update`` batches drawn (the
-    shared loop has no hook; the bar follows the data position, resumes included)."""
-
-    def __init__(self, source: NextFlowBatches, bar: Any, per_update: int) -> None:
-        self.source, self.bar, self.per_update = source, bar, per_update
-
-    def next_batch(self) -> Batch:
-        batch = self.source.next_batch()
-        if self.source.position % self.per_update == 0:
-            self.bar.update(1)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.source.load_state_dict(state)
-        self.bar.n = self.source.position // self.per_update
-        self.bar.refresh()
-
-
 # --- tokenizers -------------------------------------------------------------------------------
 
 
@@ -425,44 +392,11 @@ def _text_tokenizer(cfg: NextFlowTrainConfig, given: TextTokenizer | None) -> Te
     if given is not None:
         return given
     if file.is_file():
-        return _read_text_tokenizer(file, cfg.text_tokenizer.special_tokens)
+        return read_text_tokenizer(file, cfg.text_tokenizer.special_tokens)
     return cfg.text_tokenizer.build()
 
 
-def _read_text_tokenizer(file: Path, specials: SpecialTokens) -> BPETokenizer:
-    plain = BPETokenizer.from_file(file)
-    if all(s in plain.special_tokens for s in specials.strings):
-        return BPETokenizer.from_file(file, specials)
-    return plain
-
-
 # --- the budget -------------------------------------------------------------------------------
-
-
-def _plan_steps(model: nn.Module, step_fn: NextFlowStep, data: NextFlowBatches, tc: TrainConfig,
-                device: torch.device, budget_s: float, spent_s: float) -> int:
-    """Updates that fit in ``budget_s`` after ``spent_s``: time ``CALIBRATION_STEPS`` updates of a
-    copy of ``model`` (the first left out as warm-up), take the median, keep a margin; at most
-    ``tc.steps``, at least 1."""
-    probe = copy.deepcopy(model).to(device)
-    optimizer = build_optimizer(probe, tc)
-    times = []
-    started = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
-        t0 = time.perf_counter()
-        with autocast(tc, device):
-            loss, _ = step_fn(probe, data.next_batch())
-        loss.backward()
-        if tc.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(probe.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    spent_s += time.perf_counter() - started
-    ordered = sorted(times[1:])
-    per_update = ordered[len(ordered) // 2]
-    left = BUDGET_MARGIN * budget_s - spent_s
-    return max(1, min(tc.steps, int(left / per_update)))
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -544,7 +478,7 @@ def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | 
             total = int(json.loads(plan_file.read_text())["total_steps"])
         else:
             spent = time.perf_counter() - started
-            total = _plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
+            total = plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
             atomic_write_text(plan_file, json.dumps({"total_steps": total, "minutes": cfg.minutes}) + "\n")
         tc = tc.replace(steps=total, warmup_steps=min(tc.warmup_steps, total))
 
@@ -552,7 +486,7 @@ def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | 
     bar = tqdm(total=total, desc="train NextFlow", unit="step", disable=not (progress and env.is_main),
                dynamic_ncols=True)
     try:
-        data = _Progress(batches(), bar, tc.grad_accum)
+        data = UpdateProgress(batches(), bar, tc.grad_accum)
         summary = Trainer(model, step_fn, data, tc, block_types=(block,)).fit()
     finally:
         bar.close()
@@ -649,21 +583,9 @@ class NextFlowRun:
 def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> NextFlowRun:
     """The run at ``run_dir`` with the final weights of ``model.safetensors`` (written when a
     ``train_nextflow`` call ends)."""
+    cfg, weights = read_run_config(run_dir, NextFlowTrainConfig, system="NextFlow", trainer="train_nextflow")
     run_dir = Path(run_dir)
-    config_file = run_dir / RUN_CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{config_file} does not exist: {run_dir} is not a NextFlow run directory; pass the run_dir "
-            "given to train_nextflow"
-        )
-    cfg = NextFlowTrainConfig.load(config_file)
-    weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"{weights} does not exist yet: the weights are exported when train_nextflow ends; let the run "
-            "finish (or resume it)"
-        )
-    text = _read_text_tokenizer(run_dir / TEXT_TOKENIZER_FILE, cfg.text_tokenizer.special_tokens)
+    text = read_text_tokenizer(run_dir / TEXT_TOKENIZER_FILE, cfg.text_tokenizer.special_tokens)
     images = load_image_tokenizer(run_dir / IMAGE_TOKENIZER_DIR, device=device)
     model = cfg.model.build().to(device)
     load_into(model, weights)

@@ -56,29 +56,27 @@ from nxcore.tokenizer import BPETokenizer
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxrecipes.data.shapeworld import ShapeWorld
 from nxrecipes.data.shapeworld.splits import SPLITS
-from nxrecipes.nextflow.train import (
-    IMAGE_TOKENIZER_DIR,
-    MODEL_CONFIG_FILE,
-    PLAN_FILE,
-    RUN_CONFIG_FILE,
-    TEXT_TOKENIZER_FILE,
-    TextTokenizerConfig,
-    _boolean,
-    _component,
-    _minutes,
-    _plan_steps,
-    _Progress,
-    _read_text_tokenizer,
-    _task_mix,
-    load_image_tokenizer,
-)
+from nxrecipes.nextflow.train import TextTokenizerConfig, _boolean, _task_mix, load_image_tokenizer
 from nxrecipes.nextstep1.config import NextStep1Config, nextstep1_tiny
 from nxrecipes.nextstep1.data import NEXTSTEP1_SPECIALS, TASKS, Encoded, NextStep1Batch, RowBuilder
 from nxrecipes.nextstep1.model import NextStep1
 from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.distributed import init_distributed
-from nxrecipes.train.loop import WEIGHTS_FILE, Trainer
+from nxrecipes.train.loop import Trainer
+from nxrecipes.train.run import (
+    IMAGE_TOKENIZER_DIR,
+    MODEL_CONFIG_FILE,
+    PLAN_FILE,
+    RUN_CONFIG_FILE,
+    TEXT_TOKENIZER_FILE,
+    UpdateProgress,
+    instance_of,
+    optional_minutes,
+    plan_steps,
+    read_run_config,
+    read_text_tokenizer,
+)
 from nxrecipes.train.seeding import seed_all
 
 __all__ = [
@@ -167,7 +165,7 @@ class NextStep1DataConfig(Config):
 
 
 def _parallel_none(instance: Any, attribute: attrs.Attribute, value: TrainConfig) -> None:
-    _component(TrainConfig)(instance, attribute, value)
+    instance_of(TrainConfig)(instance, attribute, value)
     if value.parallel != "none":
         raise ValueError(
             f"NextStep1TrainConfig.train.parallel = {value.parallel!r}: the step calls NextStep1.loss, which "
@@ -188,12 +186,12 @@ class NextStep1TrainConfig(Config):
       ``parallel='none'``); ``minutes``: a wall-clock budget (``train.steps`` is then a cap).
     """
 
-    model: NextStep1Config = attrs.field(validator=_component(NextStep1Config))
-    text_tokenizer: TextTokenizerConfig = attrs.field(validator=_component(TextTokenizerConfig))
+    model: NextStep1Config = attrs.field(validator=instance_of(NextStep1Config))
+    text_tokenizer: TextTokenizerConfig = attrs.field(validator=instance_of(TextTokenizerConfig))
     tokenizer_dir: Path = attrs.field(converter=_path)
-    data: NextStep1DataConfig = attrs.field(validator=_component(NextStep1DataConfig))
+    data: NextStep1DataConfig = attrs.field(validator=instance_of(NextStep1DataConfig))
     train: TrainConfig = attrs.field(validator=_parallel_none)
-    minutes: float | None = attrs.field(default=None, validator=_minutes)
+    minutes: float | None = attrs.field(default=None, validator=optional_minutes)
 
     @property
     def run_dir(self) -> Path:
@@ -281,7 +279,7 @@ def _text_tokenizer(cfg: NextStep1TrainConfig, given: TextTokenizer | None) -> T
     if given is not None:
         return given
     if file.is_file():
-        return _read_text_tokenizer(file, cfg.text_tokenizer.special_tokens)
+        return read_text_tokenizer(file, cfg.text_tokenizer.special_tokens)
     return cfg.text_tokenizer.build()
 
 
@@ -369,13 +367,13 @@ def train_nextstep1(cfg: NextStep1TrainConfig, *, text_tokenizer: TextTokenizer 
             total = int(json.loads(plan_file.read_text())["total_steps"])
         else:
             spent = time.perf_counter() - started
-            total = _plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
+            total = plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
             atomic_write_text(plan_file, json.dumps({"total_steps": total, "minutes": cfg.minutes}) + "\n")
         tc = tc.replace(steps=total, warmup_steps=min(tc.warmup_steps, total))
 
     bar = tqdm(total=total, desc="train NextStep-1", unit="step", disable=not progress, dynamic_ncols=True)
     try:
-        data = _Progress(batches(), bar, tc.grad_accum)
+        data = UpdateProgress(batches(), bar, tc.grad_accum)
         summary = Trainer(model, step_fn, data, tc, block_types=(type(model.layers[0]),)).fit()
     finally:
         bar.close()
@@ -469,21 +467,10 @@ class NextStep1Run:
 def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> NextStep1Run:
     """The run at ``run_dir`` with the final weights of ``model.safetensors`` (written when a
     ``train_nextstep1`` call ends)."""
+    cfg, weights = read_run_config(run_dir, NextStep1TrainConfig, system="NextStep-1",
+                                   trainer="train_nextstep1")
     run_dir = Path(run_dir)
-    config_file = run_dir / RUN_CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{config_file} does not exist: {run_dir} is not a NextStep-1 run directory; pass the run_dir "
-            "given to train_nextstep1"
-        )
-    cfg = NextStep1TrainConfig.load(config_file)
-    weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"{weights} does not exist yet: the weights are exported when train_nextstep1 ends; let the run "
-            "finish (or resume it)"
-        )
-    text = _read_text_tokenizer(run_dir / TEXT_TOKENIZER_FILE, cfg.text_tokenizer.special_tokens)
+    text = read_text_tokenizer(run_dir / TEXT_TOKENIZER_FILE, cfg.text_tokenizer.special_tokens)
     images = load_autoencoder(run_dir / IMAGE_TOKENIZER_DIR, device=device)
     model = cfg.model.build().to(device)
     load_into(model, weights)

@@ -8,7 +8,6 @@ import torch
 from nxcore.checkpoint import save_pretrained
 from nxcore.tokenizer import BPETokenizer
 from nxrecipes.nextflow import NextFlow
-from nxrecipes.nextflow import train as train_module
 from nxrecipes.nextflow.train import (
     PLAN_FILE,
     NextFlowTrainConfig,
@@ -17,6 +16,7 @@ from nxrecipes.nextflow.train import (
     nextflow_training_tiny,
     train_nextflow,
 )
+from nxrecipes.train import run as train_run
 from nxrecipes.train.metrics import read_metrics
 
 # the conftest world's BPE (text_corpus(20), 300 ids), so the configs' vocabulary is the world's
@@ -74,7 +74,7 @@ def test_a_tiny_run_trains_resumes_and_reloads(tmp_path, tokenizer_dir, world):
 
 def test_minutes_plan_the_updates_once_and_keep_the_plan_on_resume(tmp_path, tokenizer_dir, world,
                                                                    monkeypatch):
-    monkeypatch.setattr(train_module, "CALIBRATION_STEPS", 2)
+    monkeypatch.setattr(train_run, "CALIBRATION_STEPS", 2)
     cfg = tiny(tmp_path, tokenizer_dir, world, minutes=10.0, steps=3)  # the cap binds
     first = train_nextflow(cfg, progress=False)
     assert (first.total_steps, first.step) == (3, 3)

@@ -11,7 +11,6 @@ import torch
 from nxcore.checkpoint import save_pretrained
 from nxcore.tokenizer import BPETokenizer
 from nxcore.tokenizer.autoencoder import NextStepAutoencoder, autoencoder_tiny
-from nxrecipes.nextflow import train as nextflow_train
 from nxrecipes.nextstep1 import NextStep1
 from nxrecipes.nextstep1.data import NEXTSTEP1_SPECIALS
 from nxrecipes.nextstep1.train import (
@@ -22,6 +21,7 @@ from nxrecipes.nextstep1.train import (
     nextstep1_training_tiny,
     train_nextstep1,
 )
+from nxrecipes.train import run as train_run
 from nxrecipes.train.metrics import read_metrics
 
 TEXT = nextstep1_text_tokenizer(vocab_size=300, corpus_rounds=20)
@@ -89,7 +89,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, a
 
 
 def test_minutes_plan_the_updates_once_and_keep_the_plan_on_resume(tmp_path, ae_dir, monkeypatch):
-    monkeypatch.setattr(nextflow_train, "CALIBRATION_STEPS", 2)
+    monkeypatch.setattr(train_run, "CALIBRATION_STEPS", 2)
     cfg = tiny(tmp_path, ae_dir, minutes=10.0, steps=2, checkpoint_every=0)  # the cap binds
     first = train_nextstep1(cfg, progress=False)
     assert (first.total_steps, first.step) == (2, 2)
