@@ -35,7 +35,6 @@ Unlike the tokenizer trainer, the number is not re-measured mid-run: the shared 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -45,9 +44,8 @@ from typing import Any
 import attrs
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from nxcore.checkpoint import atomic_write_text, from_pretrained, save_pretrained
+from nxcore.checkpoint import from_pretrained
 from nxcore.checkpoint.matching import load_into
 from nxcore.config import Config, config, finite_number, in_range, integer, non_negative, one_of
 from nxcore.schedule import Schedule
@@ -65,7 +63,6 @@ from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.curriculum import Curriculum
 from nxrecipes.train.distributed import init_distributed
-from nxrecipes.train.loop import Trainer
 from nxrecipes.train.run import (
     CALIBRATION_STEPS,
     IMAGE_TOKENIZER_DIR,
@@ -73,12 +70,14 @@ from nxrecipes.train.run import (
     PLAN_FILE,
     RUN_CONFIG_FILE,
     TEXT_TOKENIZER_FILE,
-    UpdateProgress,
+    fit_with_progress,
     instance_of,
     optional_minutes,
     plan_steps,
+    planned_steps,
     read_run_config,
     read_text_tokenizer,
+    write_run_files,
 )
 from nxrecipes.train.seeding import seed_all
 
@@ -450,17 +449,7 @@ def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | 
     model.init_code_embeddings(images, generator=torch.Generator().manual_seed(tc.seed))
 
     if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RUN_CONFIG_FILE, cfg.to_json() + "\n")
-        atomic_write_text(run_dir / MODEL_CONFIG_FILE, cfg.model.to_json() + "\n")
-        if not (run_dir / TEXT_TOKENIZER_FILE).is_file():
-            if not isinstance(text, BPETokenizer):
-                raise TypeError(
-                    f"the text tokenizer must be a BPETokenizer to be saved, got {type(text).__name__}"
-                )
-            text.save(run_dir / TEXT_TOKENIZER_FILE)
-        if not (run_dir / IMAGE_TOKENIZER_DIR / "config.json").is_file():
-            save_pretrained(images, run_dir / IMAGE_TOKENIZER_DIR)
+        write_run_files(run_dir, cfg, cfg.model, text, images)
 
     builder = cfg.data.builder(text, vocabulary, images, tc.seed)
 
@@ -471,25 +460,12 @@ def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | 
                                grad_accum=tc.grad_accum)
 
     step_fn = NextFlowStep(detail=cfg.detail, per_scale=cfg.per_scale)
+    spent = time.perf_counter() - started
+    tc = planned_steps(cfg.minutes, run_dir, tc, lambda budget: plan_steps(
+        model, step_fn, batches(), tc, env.device, budget, spent))
     total = tc.steps
-    if cfg.minutes is not None:
-        plan_file = run_dir / PLAN_FILE
-        if plan_file.is_file():
-            total = int(json.loads(plan_file.read_text())["total_steps"])
-        else:
-            spent = time.perf_counter() - started
-            total = plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
-            atomic_write_text(plan_file, json.dumps({"total_steps": total, "minutes": cfg.minutes}) + "\n")
-        tc = tc.replace(steps=total, warmup_steps=min(tc.warmup_steps, total))
-
-    block = type(model.layers[0])
-    bar = tqdm(total=total, desc="train NextFlow", unit="step", disable=not (progress and env.is_main),
-               dynamic_ncols=True)
-    try:
-        data = UpdateProgress(batches(), bar, tc.grad_accum)
-        summary = Trainer(model, step_fn, data, tc, block_types=(block,)).fit()
-    finally:
-        bar.close()
+    summary = fit_with_progress(model, step_fn, batches(), tc, desc="train NextFlow",
+                                show=progress and env.is_main)
     return NextFlowTrainSummary(step=summary.step, total_steps=total, loss=summary.loss,
                                 resumed_from=summary.resumed_from, elapsed_s=time.perf_counter() - started,
                                 weights=summary.weights, run_dir=run_dir)

@@ -37,7 +37,6 @@ later epochs skip both, worth it only when ``samples`` is small enough to repeat
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -47,9 +46,7 @@ from typing import Any
 import attrs
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from nxcore.checkpoint import atomic_write_text, save_pretrained
 from nxcore.checkpoint.matching import load_into
 from nxcore.config import Config, config, in_range, integer, one_of
 from nxcore.tokenizer import BPETokenizer
@@ -63,19 +60,17 @@ from nxrecipes.nextstep1.model import NextStep1
 from nxrecipes.train.batches import BatchSource, IndexedBatches
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.distributed import init_distributed
-from nxrecipes.train.loop import Trainer
 from nxrecipes.train.run import (
     IMAGE_TOKENIZER_DIR,
-    MODEL_CONFIG_FILE,
-    PLAN_FILE,
-    RUN_CONFIG_FILE,
     TEXT_TOKENIZER_FILE,
-    UpdateProgress,
+    fit_with_progress,
     instance_of,
     optional_minutes,
     plan_steps,
+    planned_steps,
     read_run_config,
     read_text_tokenizer,
+    write_run_files,
 )
 from nxrecipes.train.seeding import seed_all
 
@@ -341,17 +336,7 @@ def train_nextstep1(cfg: NextStep1TrainConfig, *, text_tokenizer: TextTokenizer 
     seed_all(tc.seed)
     model = cfg.model.build()
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_CONFIG_FILE, cfg.to_json() + "\n")
-    atomic_write_text(run_dir / MODEL_CONFIG_FILE, cfg.model.to_json() + "\n")
-    if not (run_dir / TEXT_TOKENIZER_FILE).is_file():
-        if not isinstance(text, BPETokenizer):
-            raise TypeError(
-                f"the text tokenizer must be a BPETokenizer to be saved, got {type(text).__name__}"
-            )
-        text.save(run_dir / TEXT_TOKENIZER_FILE)
-    if not (run_dir / IMAGE_TOKENIZER_DIR / "config.json").is_file():
-        save_pretrained(images, run_dir / IMAGE_TOKENIZER_DIR)
+    write_run_files(run_dir, cfg, cfg.model, text, images)
 
     builder = cfg.data.builder(text, images, tc.seed)
 
@@ -360,23 +345,11 @@ def train_nextstep1(cfg: NextStep1TrainConfig, *, text_tokenizer: TextTokenizer 
                                 cache=cfg.data.cache_latents, rank=env.rank, world_size=env.world_size)
 
     step_fn = NextStep1Step()
+    spent = time.perf_counter() - started
+    tc = planned_steps(cfg.minutes, run_dir, tc, lambda budget: plan_steps(
+        model, step_fn, batches(), tc, env.device, budget, spent))
     total = tc.steps
-    if cfg.minutes is not None:
-        plan_file = run_dir / PLAN_FILE
-        if plan_file.is_file():
-            total = int(json.loads(plan_file.read_text())["total_steps"])
-        else:
-            spent = time.perf_counter() - started
-            total = plan_steps(model, step_fn, batches(), tc, env.device, cfg.minutes * 60.0, spent)
-            atomic_write_text(plan_file, json.dumps({"total_steps": total, "minutes": cfg.minutes}) + "\n")
-        tc = tc.replace(steps=total, warmup_steps=min(tc.warmup_steps, total))
-
-    bar = tqdm(total=total, desc="train NextStep-1", unit="step", disable=not progress, dynamic_ncols=True)
-    try:
-        data = UpdateProgress(batches(), bar, tc.grad_accum)
-        summary = Trainer(model, step_fn, data, tc, block_types=(type(model.layers[0]),)).fit()
-    finally:
-        bar.close()
+    summary = fit_with_progress(model, step_fn, batches(), tc, desc="train NextStep-1", show=progress)
     return NextStep1TrainSummary(step=summary.step, total_steps=total, loss=summary.loss,
                                  resumed_from=summary.resumed_from, elapsed_s=time.perf_counter() - started,
                                  weights=summary.weights, run_dir=run_dir)

@@ -20,6 +20,7 @@ model, take the median, and fit what is left of the budget (with ``BUDGET_MARGIN
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from collections.abc import Callable
@@ -30,12 +31,13 @@ import attrs
 import torch
 from torch import nn
 
+from nxcore.checkpoint import atomic_write_text, save_pretrained
 from nxcore.config import Config, finite_number
 from nxcore.tokenizer import BPETokenizer, SpecialTokens
 from nxrecipes.train.batches import BatchSource
 from nxrecipes.train.config import TrainConfig
 from nxrecipes.train.distributed import autocast
-from nxrecipes.train.loop import WEIGHTS_FILE
+from nxrecipes.train.loop import WEIGHTS_FILE, Trainer, TrainSummary
 from nxrecipes.train.optim import build_optimizer
 
 __all__ = [
@@ -47,11 +49,14 @@ __all__ = [
     "RUN_CONFIG_FILE",
     "TEXT_TOKENIZER_FILE",
     "UpdateProgress",
+    "fit_with_progress",
     "instance_of",
     "optional_minutes",
     "plan_steps",
+    "planned_steps",
     "read_run_config",
     "read_text_tokenizer",
+    "write_run_files",
 ]
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -85,7 +90,56 @@ def optional_minutes(instance: Any, attribute: attrs.Attribute, value: Any) -> N
         finite_number(above=0)(instance, attribute, value)
 
 
+# --- a run's files -----------------------------------------------------------------------------
+
+
+def write_run_files(run_dir: Path, cfg: Config, model_cfg: Config, text: Any, images: nn.Module) -> None:
+    """``run_config.json`` and ``model_config.json`` (every start), and, once, the text tokenizer
+    (``tokenizer.json``; a ``BPETokenizer``) and the frozen image tokenizer (``image_tokenizer/``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RUN_CONFIG_FILE, cfg.to_json() + "\n")
+    atomic_write_text(run_dir / MODEL_CONFIG_FILE, model_cfg.to_json() + "\n")
+    if not (run_dir / TEXT_TOKENIZER_FILE).is_file():
+        if not isinstance(text, BPETokenizer):
+            raise TypeError(
+                f"the text tokenizer must be a BPETokenizer to be saved, got {type(text).__name__}"
+            )
+        text.save(run_dir / TEXT_TOKENIZER_FILE)
+    if not (run_dir / IMAGE_TOKENIZER_DIR / "config.json").is_file():
+        save_pretrained(images, run_dir / IMAGE_TOKENIZER_DIR)
+
+
 # --- the budget and the progress bar -----------------------------------------------------------
+
+
+def planned_steps(minutes: float | None, run_dir: Path, tc: TrainConfig, plan: Callable[[float], int]
+                  ) -> TrainConfig:
+    """``tc`` with the number of updates a ``minutes`` budget allows (unchanged without one): read
+    from ``plan.json`` when the run has one (a resumed run keeps its plan), else
+    ``plan(budget_seconds)`` (``plan_steps`` with the run's model and data), saved there."""
+    if minutes is None:
+        return tc
+    plan_file = run_dir / PLAN_FILE
+    if plan_file.is_file():
+        total = int(json.loads(plan_file.read_text())["total_steps"])
+    else:
+        total = plan(minutes * 60.0)
+        atomic_write_text(plan_file, json.dumps({"total_steps": total, "minutes": minutes}) + "\n")
+    return tc.replace(steps=total, warmup_steps=min(tc.warmup_steps, total))
+
+
+def fit_with_progress(model: nn.Module, step_fn: Callable, data: Any, tc: TrainConfig, *, desc: str,
+                      show: bool) -> TrainSummary:
+    """``Trainer(model, step_fn, data, tc).fit()`` (FSDP blocks: the type of ``model.layers[0]``) with a
+    progress bar of the updates when ``show``."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tc.steps, desc=desc, unit="step", disable=not show, dynamic_ncols=True)
+    try:
+        source = UpdateProgress(data, bar, tc.grad_accum)
+        return Trainer(model, step_fn, source, tc, block_types=(type(model.layers[0]),)).fit()
+    finally:
+        bar.close()
 
 
 def plan_steps(model: nn.Module, step_fn: Callable, data: BatchSource, tc: TrainConfig,
