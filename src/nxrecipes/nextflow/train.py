@@ -70,6 +70,7 @@ from nxrecipes.train.run import (
     PLAN_FILE,
     RUN_CONFIG_FILE,
     TEXT_TOKENIZER_FILE,
+    RunSummary,
     fit_with_progress,
     instance_of,
     optional_minutes,
@@ -401,19 +402,8 @@ def _text_tokenizer(cfg: NextFlowTrainConfig, given: TextTokenizer | None) -> Te
 # --- the run ----------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class NextFlowTrainSummary:
-    """What ``train_nextflow`` did: ``step`` updates in all (of ``total_steps``), the last update's
-    ``loss`` (None when this call ran none), ``resumed_from``, this call's ``elapsed_s``, the final
-    ``weights`` file and the ``run_dir``."""
-
-    step: int
-    total_steps: int
-    loss: float | None
-    resumed_from: int | None
-    elapsed_s: float
-    weights: Path
-    run_dir: Path
+NextFlowTrainSummary = RunSummary
+"""What the training call returns (``nxrecipes.train.run.RunSummary``)."""
 
 
 def train_nextflow(cfg: NextFlowTrainConfig, *, text_tokenizer: TextTokenizer | None = None,

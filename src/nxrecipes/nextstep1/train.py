@@ -63,6 +63,7 @@ from nxrecipes.train.distributed import init_distributed
 from nxrecipes.train.run import (
     IMAGE_TOKENIZER_DIR,
     TEXT_TOKENIZER_FILE,
+    RunSummary,
     fit_with_progress,
     instance_of,
     optional_minutes,
@@ -299,19 +300,8 @@ def _check_model(model: NextStep1Config, text: TextTokenizer, images: nn.Module)
 # --- the run ----------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class NextStep1TrainSummary:
-    """What ``train_nextstep1`` did: ``step`` updates in all (of ``total_steps``), the last update's
-    ``loss`` (None when this call ran none), ``resumed_from``, this call's ``elapsed_s``, the final
-    ``weights`` file and the ``run_dir``."""
-
-    step: int
-    total_steps: int
-    loss: float | None
-    resumed_from: int | None
-    elapsed_s: float
-    weights: Path
-    run_dir: Path
+NextStep1TrainSummary = RunSummary
+"""What the training call returns (``nxrecipes.train.run.RunSummary``)."""
 
 
 def train_nextstep1(cfg: NextStep1TrainConfig, *, text_tokenizer: TextTokenizer | None = None,

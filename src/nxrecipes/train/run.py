@@ -47,6 +47,7 @@ __all__ = [
     "MODEL_CONFIG_FILE",
     "PLAN_FILE",
     "RUN_CONFIG_FILE",
+    "RunSummary",
     "TEXT_TOKENIZER_FILE",
     "UpdateProgress",
     "fit_with_progress",
@@ -188,6 +189,21 @@ class UpdateProgress:
         self.source.load_state_dict(state)
         self.bar.n = self.source.position // self.per_update
         self.bar.refresh()
+
+
+@attrs.frozen(kw_only=True)
+class RunSummary:
+    """What a system's training call did: ``step`` updates in all (of ``total_steps``), the last
+    update's ``loss`` (None when this call ran none), ``resumed_from``, this call's ``elapsed_s``, the
+    final ``weights`` file and the ``run_dir``."""
+
+    step: int
+    total_steps: int
+    loss: float | None
+    resumed_from: int | None
+    elapsed_s: float
+    weights: Path
+    run_dir: Path
 
 
 # --- reading a run back ------------------------------------------------------------------------
