@@ -32,6 +32,7 @@ import attrs
 
 __all__ = [
     "Config",
+    "boolean",
     "config",
     "finite_number",
     "in_range",
@@ -232,6 +233,19 @@ def finite_number(*, above: float | None = None, at_most: float | None = None):
         if not ok:
             raise ValueError(
                 f"{_where(instance, attribute)} = {value!r} is not allowed; expected {allowed}"
+            )
+
+    return validate
+
+
+def boolean():
+    """attrs validator: True or False (not 0 / 1, not a string)."""
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{_where(instance, attribute)} = {value!r} is not allowed; expected True or False "
+                f"(got {type(value).__name__})"
             )
 
     return validate

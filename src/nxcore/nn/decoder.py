@@ -27,7 +27,7 @@ from __future__ import annotations
 import attrs
 from torch import Tensor, nn
 
-from nxcore.config import Config, config, finite_number, integer
+from nxcore.config import Config, boolean, config, finite_number, integer
 from nxcore.layout import AttentionBlocks
 from nxcore.nn._checks import check_eps
 from nxcore.nn.attention import Attention
@@ -95,14 +95,6 @@ class DecoderLayer(nn.Module):
         return stream + out if residual is None else (out, stream)
 
 
-def _boolean(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; "
-            "expected True or False"
-        )
-
-
 def _optional_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if value is not None:
         integer(at_least=1)(instance, attribute, value)
@@ -123,10 +115,10 @@ class DecoderLayerConfig(Config):
     hidden: int = attrs.field(validator=integer(at_least=1))
     num_kv_heads: int | None = attrs.field(default=None, validator=_optional_int)
     head_dim: int | None = attrs.field(default=None, validator=_optional_int)
-    qkv_bias: bool = attrs.field(default=True, validator=_boolean)
-    o_bias: bool = attrs.field(default=False, validator=_boolean)
-    mlp_bias: bool = attrs.field(default=False, validator=_boolean)
-    qk_norm: bool = attrs.field(default=False, validator=_boolean)
+    qkv_bias: bool = attrs.field(default=True, validator=boolean())
+    o_bias: bool = attrs.field(default=False, validator=boolean())
+    mlp_bias: bool = attrs.field(default=False, validator=boolean())
+    qk_norm: bool = attrs.field(default=False, validator=boolean())
     norm_eps: float = attrs.field(default=1e-6, validator=finite_number(above=0, at_most=0.1))
 
     def __attrs_post_init__(self) -> None:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from nxcore.checkpoint import from_pretrained
 from nxcore.checkpoint.matching import load_into
-from nxcore.config import Config, config, finite_number, in_range, integer, non_negative, one_of
+from nxcore.config import Config, boolean, config, finite_number, in_range, integer, non_negative, one_of
 from nxcore.schedule import Schedule
 from nxcore.tokenizer import BPETokenizer, SpecialTokens, Vocabulary
 from nxcore.tokenizer.protocol import TextTokenizer
@@ -133,14 +133,6 @@ t2i rows' worth, so on 2 CPU cores they are left to runs that ask for them."""
 # --- configs -----------------------------------------------------------------------------------
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected True or "
-            f"False (got {type(value).__name__})"
-        )
-
-
 def _task_mix(value: Any) -> tuple[tuple[str, float], ...]:
     if isinstance(value, dict):
         value = tuple(value.items())
@@ -213,7 +205,7 @@ class NextFlowDataConfig(Config):
     samples: int = attrs.field(default=1_000_000, validator=integer(at_least=1))
     task_mix: tuple[tuple[str, float], ...] = attrs.field(default=DEFAULT_TASK_MIX, converter=_task_mix,
                                                           validator=_check_task_mix)
-    vary_background: bool = attrs.field(default=False, validator=_boolean)
+    vary_background: bool = attrs.field(default=False, validator=boolean())
     alpha: float = attrs.field(default=0.9, validator=[finite_number(), non_negative()])
     text_weight: float = attrs.field(default=1.0, validator=[finite_number(), non_negative()])
     self_correction_p: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0))
@@ -281,8 +273,8 @@ class NextFlowTrainConfig(Config):
     data: NextFlowDataConfig = attrs.field(validator=instance_of(NextFlowDataConfig))
     train: TrainConfig = attrs.field(validator=instance_of(TrainConfig))
     minutes: float | None = attrs.field(default=None, validator=optional_minutes)
-    detail: bool = attrs.field(default=True, validator=_boolean)
-    per_scale: bool = attrs.field(default=False, validator=_boolean)
+    detail: bool = attrs.field(default=True, validator=boolean())
+    per_scale: bool = attrs.field(default=False, validator=boolean())
 
     def __attrs_post_init__(self) -> None:
         if len(self.data.schedule) > self.model.max_scales:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, integer
+from nxcore.config import Config, boolean, config, finite_number, integer
 from nxcore.nn import DecoderLayerConfig
 from nxcore.position import RoPE1D
 from nxrecipes.nextstep1.head import FlowHeadConfig
@@ -29,14 +29,6 @@ __all__ = ["NextStep1Config", "nextstep1_14b", "nextstep1_tiny"]
 
 QWEN25_14B_VOCAB = 152064
 SPECIAL_FIELDS = ("pad_id", "image_area_id", "boi", "eoi", "image_placeholder_id")
-
-
-def _boolean(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; "
-            "expected True or False"
-        )
 
 
 def _non_negative_weight(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -72,8 +64,8 @@ class NextStep1Config(Config):
     max_seq_len: int = attrs.field(default=131072, validator=integer(at_least=1))
     lm_loss_weight: float = attrs.field(default=0.01, validator=_non_negative_weight)
     image_loss_weight: float = attrs.field(default=1.0, validator=_non_negative_weight)
-    tie_word_embeddings: bool = attrs.field(default=False, validator=_boolean)
-    use_gen_pos_embed: bool = attrs.field(default=False, validator=_boolean)
+    tie_word_embeddings: bool = attrs.field(default=False, validator=boolean())
+    use_gen_pos_embed: bool = attrs.field(default=False, validator=boolean())
     gen_pos_grid: int = attrs.field(default=32, validator=integer(at_least=1))
     init_std: float = attrs.field(default=0.02, validator=finite_number(above=0.0))
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nxcore.config import finite_number, integer, one_of
+from nxcore.config import boolean, finite_number, integer, one_of
 from nxcore.sampler import ConstantGuidance, FlowSampler, LinearDecay
 from nxcore.typing import Float
 from nxrecipes.nextstep1.model import NextStep1
@@ -54,11 +54,6 @@ __all__ = [
 
 TOKEN_NORM_EPS = 1e-6
 """eps of the ``use_norm`` LayerNorm of every sampled token (upstream)."""
-
-
-def _boolean(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{type(instance).__qualname__}.{attribute.name} = {value!r}: expected True or False")
 
 
 @attrs.frozen(kw_only=True)
@@ -83,7 +78,7 @@ class ImageSampling:
     num_sampling_steps: int = attrs.field(default=20, validator=integer(at_least=1))
     timesteps: str = attrs.field(default="nextstep1", validator=one_of("nextstep1", "clean"))
     method: str = attrs.field(default="sde", validator=one_of("sde", "ode"))
-    use_norm: bool = attrs.field(default=False, validator=_boolean)
+    use_norm: bool = attrs.field(default=False, validator=boolean())
     noise: str = attrs.field(default="tiled", validator=one_of("tiled", "independent"))
 
     @classmethod

@@ -48,12 +48,12 @@ import torch
 from torch import Tensor, nn
 
 from nxcore.checkpoint.matching import load_into
-from nxcore.config import Config, config, in_range, integer, one_of
+from nxcore.config import Config, boolean, config, in_range, integer, one_of
 from nxcore.tokenizer import BPETokenizer
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxrecipes.data.shapeworld import ShapeWorld
 from nxrecipes.data.shapeworld.splits import SPLITS
-from nxrecipes.nextflow.train import TextTokenizerConfig, _boolean, _task_mix, load_image_tokenizer
+from nxrecipes.nextflow.train import TextTokenizerConfig, _task_mix, load_image_tokenizer
 from nxrecipes.nextstep1.config import NextStep1Config, nextstep1_tiny
 from nxrecipes.nextstep1.data import NEXTSTEP1_SPECIALS, TASKS, Encoded, NextStep1Batch, RowBuilder
 from nxrecipes.nextstep1.model import NextStep1
@@ -145,10 +145,10 @@ class NextStep1DataConfig(Config):
     samples: int = attrs.field(default=1_000_000, validator=integer(at_least=1))
     task_mix: tuple[tuple[str, float], ...] = attrs.field(default=DEFAULT_TASK_MIX, converter=_task_mix,
                                                           validator=_check_task_mix)
-    vary_background: bool = attrs.field(default=False, validator=_boolean)
+    vary_background: bool = attrs.field(default=False, validator=boolean())
     drop_text_prob: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     drop_image_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
-    cache_latents: bool = attrs.field(default=False, validator=_boolean)
+    cache_latents: bool = attrs.field(default=False, validator=boolean())
 
     def dataset(self, seed: int) -> ShapeWorld:
         tasks, weights = zip(*self.task_mix, strict=True)

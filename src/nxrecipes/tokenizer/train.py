@@ -57,7 +57,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nxcore.checkpoint import atomic_write_text, from_pretrained, save_pretrained
-from nxcore.config import Config, config, finite_number, integer
+from nxcore.config import Config, boolean, config, finite_number, integer
 from nxcore.tokenizer.autoencoder import autoencoder_tiny
 from nxcore.tokenizer.multiscale import multiscale_vq_tiny
 from nxrecipes.tokenizer.data import ShapeWorldImages
@@ -118,14 +118,6 @@ def _objective(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected True or "
-            f"False (got {type(value).__name__})"
-        )
-
-
 def _minutes(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         finite_number(above=0)(instance, attribute, value)
@@ -165,7 +157,7 @@ class TokenizerTrainConfig(Config):
     minutes: float | None = attrs.field(default=None, validator=_minutes)
     eval_every: int = attrs.field(default=100, validator=integer(at_least=1))
     eval_batch_size: int = attrs.field(default=64, validator=integer(at_least=1))
-    torch_init: bool = attrs.field(default=False, validator=_boolean)
+    torch_init: bool = attrs.field(default=False, validator=boolean())
 
     @property
     def run_dir(self) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, in_range, integer, non_negative, one_of
+from nxcore.config import Config, boolean, config, finite_number, in_range, integer, non_negative, one_of
 
 __all__ = ["MIXED_PRECISION", "PARALLEL", "TrainConfig"]
 
@@ -40,14 +40,6 @@ def _betas(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _grad_clip(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         finite_number(above=0)(instance, attribute, value)
-
-
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected "
-            f"True or False (got {type(value).__name__})"
-        )
 
 
 def _run_dir(value: Any) -> Path:
@@ -91,7 +83,7 @@ class TrainConfig(Config):
     grad_clip: float | None = attrs.field(default=1.0, validator=_grad_clip)
     parallel: str = attrs.field(default="none", validator=one_of(*PARALLEL))
     mixed_precision: str = attrs.field(default="fp32", validator=one_of(*MIXED_PRECISION))
-    activation_checkpointing: bool = attrs.field(default=False, validator=_boolean)
+    activation_checkpointing: bool = attrs.field(default=False, validator=boolean())
     checkpoint_every: int = attrs.field(default=500, validator=integer(at_least=0))
     keep_last: int = attrs.field(default=3, validator=integer(at_least=1))
     log_every: int = attrs.field(default=10, validator=integer(at_least=1))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, integer
+from nxcore.config import Config, boolean, config, finite_number, integer
 
 if TYPE_CHECKING:
     from nxcore.tokenizer.autoencoder.tokenizer import NextStepAutoencoder
@@ -44,14 +44,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected "
-            f"True or False (got {type(value).__name__})"
-        )
-
-
 def _non_zero(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value == 0:
         raise ValueError(
@@ -72,7 +64,7 @@ class AutoencoderConfig(Config):
     z_channels: int = attrs.field(default=16, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=32, validator=integer(at_least=1))
     patch_size: int = attrs.field(default=2, validator=integer(at_least=1))
-    encoder_norm: bool = attrs.field(default=True, validator=_boolean)
+    encoder_norm: bool = attrs.field(default=True, validator=boolean())
     norm_patch_size: int = attrs.field(default=2, validator=integer(at_least=1))
     scaling_factor: float = attrs.field(default=1.0, validator=[finite_number(), _non_zero])
     shift_factor: float = attrs.field(default=0.0, validator=finite_number())

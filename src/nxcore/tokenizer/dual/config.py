@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, integer, non_negative, one_of
+from nxcore.config import Config, boolean, config, finite_number, integer, non_negative, one_of
 from nxcore.tokenizer.multiscale.config import (
     DOWN_MODES,
     INPUT_MODES,
@@ -46,14 +46,6 @@ __all__ = ["VQ_LOSSES", "DualCodebookConfig", "PixelConfig", "SemanticConfig", "
 
 VQ_LOSSES = ("step", "cumulative")
 """``DualCodebookConfig.vq_loss``: TokenFlow's per-step loss or VAR's cumulative one."""
-
-
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected "
-            f"True or False (got {type(value).__name__})"
-        )
 
 
 def _optional_int(at_least: int):
@@ -128,8 +120,8 @@ class PixelConfig(Config):
     ch_mult: tuple[int, ...] = attrs.field(default=(1, 1, 2, 2, 4), converter=_as_tuple, validator=_ch_mult)
     num_res_blocks: int = attrs.field(default=2, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=32, validator=integer(at_least=1))
-    level_attention: bool = attrs.field(default=True, validator=_boolean)
-    mid_attention: bool = attrs.field(default=True, validator=_boolean)
+    level_attention: bool = attrs.field(default=True, validator=boolean())
+    mid_attention: bool = attrs.field(default=True, validator=boolean())
     z_channels: int = attrs.field(default=256, validator=integer(at_least=1))
     decoder_ch: int | None = attrs.field(default=None, validator=_optional_int(1))
     decoder_res_blocks: int | None = attrs.field(default=None, validator=_optional_int(1))
@@ -197,8 +189,8 @@ class DualCodebookConfig(Config):
     recon_weight: float = attrs.field(default=1.0, validator=[finite_number(), non_negative()])
     perceptual_weight: float = attrs.field(default=1.0, validator=[finite_number(), non_negative()])
     scale_drop: float = attrs.field(default=0.5, validator=finite_number(at_most=1.0))
-    clamp: bool = attrs.field(default=True, validator=_boolean)
-    unit_codewords: bool = attrs.field(default=True, validator=_boolean)
+    clamp: bool = attrs.field(default=True, validator=boolean())
+    unit_codewords: bool = attrs.field(default=True, validator=boolean())
     vq_loss: str = attrs.field(default="step", validator=one_of(*VQ_LOSSES))
 
     def __attrs_post_init__(self) -> None:

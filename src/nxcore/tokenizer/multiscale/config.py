@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, integer, non_negative, one_of
+from nxcore.config import Config, boolean, config, finite_number, integer, non_negative, one_of
 
 if TYPE_CHECKING:
     from nxcore.tokenizer.multiscale.quantizer import MultiScaleQuantizer
@@ -42,14 +42,6 @@ PHI_TICKS = ("var", "uniform")
 INPUT_MODES = ("accumulated", "residual")
 
 InputMode = Literal["accumulated", "residual"]
-
-
-def _boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected "
-            f"True or False (got {type(value).__name__})"
-        )
 
 
 def _ch_mult(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -99,7 +91,7 @@ class QuantizerConfig(Config):
     codebook_size: int = attrs.field(default=4096, validator=integer(at_least=1))
     code_dim: int = attrs.field(default=32, validator=integer(at_least=1))
     beta: float = attrs.field(default=0.25, validator=[finite_number(), non_negative()])
-    normalize: bool = attrs.field(default=False, validator=_boolean)
+    normalize: bool = attrs.field(default=False, validator=boolean())
     phi_count: int = attrs.field(default=4, validator=integer(at_least=0))
     phi_ratio: float = attrs.field(default=0.5, validator=finite_number(above=0.0, at_most=1.0))
     phi_ticks: str = attrs.field(default="var", validator=one_of(*PHI_TICKS))
@@ -129,10 +121,10 @@ class MultiScaleVQConfig(Config):
     ch_mult: tuple[int, ...] = attrs.field(default=(1, 1, 2, 2, 4), converter=_as_tuple, validator=_ch_mult)
     num_res_blocks: int = attrs.field(default=2, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=32, validator=integer(at_least=1))
-    level_attention: bool = attrs.field(default=True, validator=_boolean)
-    mid_attention: bool = attrs.field(default=True, validator=_boolean)
+    level_attention: bool = attrs.field(default=True, validator=boolean())
+    mid_attention: bool = attrs.field(default=True, validator=boolean())
     quant_conv_kernel: int = attrs.field(default=3, validator=[integer(at_least=1), _odd])
-    clamp: bool = attrs.field(default=True, validator=_boolean)
+    clamp: bool = attrs.field(default=True, validator=boolean())
     quantizer: QuantizerConfig = attrs.field(factory=QuantizerConfig)
 
     def __attrs_post_init__(self) -> None:
