@@ -71,6 +71,7 @@ from nxrecipes.train.run import (
     RUN_CONFIG_FILE,
     TEXT_TOKENIZER_FILE,
     RunSummary,
+    cpu_train_config,
     fit_with_progress,
     instance_of,
     optional_minutes,
@@ -78,6 +79,8 @@ from nxrecipes.train.run import (
     planned_steps,
     read_run_config,
     read_text_tokenizer,
+    route_changes,
+    train_fields,
     write_run_files,
 )
 from nxrecipes.train.seeding import seed_all
@@ -474,19 +477,12 @@ def nextflow_training_tiny(
     ``TrainConfig`` (``batch_size``, ``lr``, ...), ``NextFlowConfig`` (``num_layers``, ``inputs``,
     ...) or ``NextFlowTrainConfig`` itself (``text_tokenizer``, ``detail``, ...). Trains the BPE (a
     second or two, cached) to know the vocabulary."""
-    routes: dict[str, dict[str, Any]] = {"data": {}, "train": {}, "model": {}, "top": {}}
-    fields = {
+    routes = route_changes("nextflow_training_tiny", changes, {
         "data": {f.name for f in attrs.fields(NextFlowDataConfig)},
-        "train": {f.name for f in attrs.fields(TrainConfig)} - {"run_dir", "steps"},
+        "train": train_fields(),
         "model": {f.name for f in attrs.fields(NextFlowConfig)} - {"vocabulary", "code_dim"},
         "top": {"text_tokenizer", "detail", "per_scale"},
-    }
-    for key, value in changes.items():
-        where = next((name for name, known in fields.items() if key in known), None)
-        if where is None:
-            known = sorted(set().union(*fields.values()))
-            raise ValueError(f"nextflow_training_tiny has no setting {key!r}; known settings are {known}")
-        routes[where][key] = value
+    })
     text_cfg = routes["top"].pop("text_tokenizer", TextTokenizerConfig())
     images = load_image_tokenizer(tokenizer_dir)
     size = routes["data"].setdefault("size", 32)
@@ -494,28 +490,14 @@ def nextflow_training_tiny(
     routes["data"].setdefault("schedule", square_schedule(grid))
     routes["data"].setdefault("task_mix", CPU_TASK_MIX)
     routes["model"].setdefault("range_factor", float(grid))
-    train = {
-        "run_dir": run_dir,
-        "steps": steps if steps is not None else (100_000 if minutes is not None else 2000),
-        "batch_size": 8,
-        "lr": 1e-3,
-        "min_lr_ratio": 0.05,
-        "warmup_steps": 50,
-        "weight_decay": 0.05,
-        "betas": (0.9, 0.95),
-        "grad_clip": 1.0,
-        "checkpoint_every": 100,
-        "keep_last": 2,
-        "log_every": 10,
-    } | routes["train"]
-    train["warmup_steps"] = min(train["warmup_steps"], train["steps"])
+    train = cpu_train_config(run_dir, steps=steps, minutes=minutes, batch_size=8, changes=routes["train"])
     vocabulary = _vocabulary(text_cfg.build(), images)
     return NextFlowTrainConfig(
         model=nextflow_tiny(vocabulary, int(images.code_dim), **routes["model"]),
         text_tokenizer=text_cfg,
         tokenizer_dir=tokenizer_dir,
         data=NextFlowDataConfig(**routes["data"]),
-        train=TrainConfig(**train),
+        train=train,
         minutes=minutes,
         **routes["top"],
     )

@@ -64,6 +64,7 @@ from nxrecipes.train.run import (
     IMAGE_TOKENIZER_DIR,
     TEXT_TOKENIZER_FILE,
     RunSummary,
+    cpu_train_config,
     fit_with_progress,
     instance_of,
     optional_minutes,
@@ -71,6 +72,8 @@ from nxrecipes.train.run import (
     planned_steps,
     read_run_config,
     read_text_tokenizer,
+    route_changes,
+    train_fields,
     write_run_files,
 )
 from nxrecipes.train.seeding import seed_all
@@ -367,47 +370,23 @@ def nextstep1_training_tiny(
     ``TrainConfig`` (``batch_size``, ``lr``, ...), ``NextStep1Config`` (``num_layers``, ``head``, ...;
     not the fields the tokenizers decide) or ``NextStep1TrainConfig`` itself (``text_tokenizer``).
     Trains the BPE (a second or two, cached) to know the vocabulary."""
-    routes: dict[str, dict[str, Any]] = {"data": {}, "train": {}, "model": {}, "top": {}}
-    decided = {"vocab_size", "latent_dim", *_SPECIAL_FIELDS}
-    fields = {
+    decided = frozenset({"vocab_size", "latent_dim", *_SPECIAL_FIELDS})
+    routes = route_changes("nextstep1_training_tiny", changes, {
         "data": {f.name for f in attrs.fields(NextStep1DataConfig)},
-        "train": {f.name for f in attrs.fields(TrainConfig)} - {"run_dir", "steps"},
+        "train": train_fields(),
         "model": {f.name for f in attrs.fields(NextStep1Config)} - decided,
         "top": {"text_tokenizer"},
-    }
-    for key, value in changes.items():
-        where = next((name for name, known in fields.items() if key in known), None)
-        if where is None:
-            hint = " (the tokenizers decide it)" if key in decided else ""
-            known = sorted(set().union(*fields.values()))
-            raise ValueError(
-                f"nextstep1_training_tiny has no setting {key!r}{hint}; known settings are {known}"
-            )
-        routes[where][key] = value
+    }, decided)
     text_cfg = routes["top"].pop("text_tokenizer", nextstep1_text_tokenizer())
     images = load_autoencoder(tokenizer_dir)
-    train = {
-        "run_dir": run_dir,
-        "steps": steps if steps is not None else (100_000 if minutes is not None else 2000),
-        "batch_size": 16,
-        "lr": 1e-3,
-        "min_lr_ratio": 0.05,
-        "warmup_steps": 50,
-        "weight_decay": 0.05,
-        "betas": (0.9, 0.95),
-        "grad_clip": 1.0,
-        "checkpoint_every": 100,
-        "keep_last": 2,
-        "log_every": 10,
-    } | routes["train"]
-    train["warmup_steps"] = min(train["warmup_steps"], train["steps"])
+    train = cpu_train_config(run_dir, steps=steps, minutes=minutes, batch_size=16, changes=routes["train"])
     model = nextstep1_tiny(**_model_fields(text_cfg.build(), images), **routes["model"])
     return NextStep1TrainConfig(
         model=model,
         text_tokenizer=text_cfg,
         tokenizer_dir=tokenizer_dir,
         data=NextStep1DataConfig(**routes["data"]),
-        train=TrainConfig(**train),
+        train=train,
         minutes=minutes,
     )
 

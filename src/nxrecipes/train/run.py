@@ -50,6 +50,7 @@ __all__ = [
     "RunSummary",
     "TEXT_TOKENIZER_FILE",
     "UpdateProgress",
+    "cpu_train_config",
     "fit_with_progress",
     "instance_of",
     "optional_minutes",
@@ -57,6 +58,8 @@ __all__ = [
     "planned_steps",
     "read_run_config",
     "read_text_tokenizer",
+    "route_changes",
+    "train_fields",
     "write_run_files",
 ]
 
@@ -89,6 +92,54 @@ def optional_minutes(instance: Any, attribute: attrs.Attribute, value: Any) -> N
     """attrs validator: None (no budget) or a finite number of minutes > 0."""
     if value is not None:
         finite_number(above=0)(instance, attribute, value)
+
+
+# --- the tiny builders' settings ----------------------------------------------------------------
+
+
+def route_changes(builder: str, changes: dict[str, Any], fields: dict[str, set[str]],
+                  decided: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """``changes`` sorted by field name into ``{place: {name: value}}`` for every place of ``fields``
+    (``{place: field names}``); an unknown name is an error naming ``builder`` and the known ones (and,
+    for a name in ``decided``, that the tokenizers decide it)."""
+    routes: dict[str, dict[str, Any]] = {place: {} for place in fields}
+    for key, value in changes.items():
+        where = next((place for place, known in fields.items() if key in known), None)
+        if where is None:
+            hint = " (the tokenizers decide it)" if key in decided else ""
+            known = sorted(set().union(*fields.values()))
+            raise ValueError(f"{builder} has no setting {key!r}{hint}; known settings are {known}")
+        routes[where][key] = value
+    return routes
+
+
+def train_fields() -> set[str]:
+    """The ``TrainConfig`` fields a tiny builder's ``changes`` may set (not ``run_dir``, ``steps``)."""
+    return {f.name for f in attrs.fields(TrainConfig)} - {"run_dir", "steps"}
+
+
+def cpu_train_config(run_dir: Any, *, steps: int | None, minutes: float | None, batch_size: int,
+                     changes: dict[str, Any]) -> TrainConfig:
+    """The tiny builders' ``TrainConfig``: ``batch_size``, AdamW lr 1e-3 (betas 0.9 / 0.95, weight
+    decay 0.05), 50 warmup updates then cosine to 5 %, gradient clip 1, a checkpoint every 100
+    updates (two kept), a log line every 10; ``steps`` defaults to 2000, or to a cap of 100,000 under
+    a ``minutes`` budget; ``changes`` override any of it."""
+    train = {
+        "run_dir": run_dir,
+        "steps": steps if steps is not None else (100_000 if minutes is not None else 2000),
+        "batch_size": batch_size,
+        "lr": 1e-3,
+        "min_lr_ratio": 0.05,
+        "warmup_steps": 50,
+        "weight_decay": 0.05,
+        "betas": (0.9, 0.95),
+        "grad_clip": 1.0,
+        "checkpoint_every": 100,
+        "keep_last": 2,
+        "log_every": 10,
+    } | changes
+    train["warmup_steps"] = min(train["warmup_steps"], train["steps"])
+    return TrainConfig(**train)
 
 
 # --- a run's files -----------------------------------------------------------------------------
