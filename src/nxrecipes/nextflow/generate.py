@@ -91,6 +91,13 @@ class ImageSampling:
         return CategoricalSampler(temperature=self._at("temperature", step), top_k=self._at("top_k", step),
                                   top_p=self._at("top_p", step), guidance=self._weight(step, num_steps))
 
+    def policy(self, step: int, num_steps: int) -> CategoricalSampler:
+        """The policy of scale ``step`` for RL: guidance and temperature, no top-k / top-p. Its
+        log-probabilities are smooth in the logits, where a truncated distribution gives a sampled
+        token -inf as soon as an update pushes it out of the kept set."""
+        return CategoricalSampler(temperature=self._at("temperature", step),
+                                  guidance=self._weight(step, num_steps))
+
 
 @attrs.frozen(kw_only=True)
 class TextSampling:
@@ -168,11 +175,16 @@ class Session:
         model = self.model
         device = model.embed_tokens.weight.device
         positions, extra = [], []
+        done: dict[tuple, tuple[Tensor, Tensor]] = {}  # rows of one layout (a group of samples) share it
         for segs in self.segments:
-            layout = SequenceLayout((*segs, segment))
-            start = layout.length - _length(segment) + offset
-            positions.append(model.rope.positions(layout, device=device)[start : start + count])
-            extra.append(model.additive(layout)[start : start + count])
+            key = tuple(segs)
+            if key not in done:
+                layout = SequenceLayout((*segs, segment))
+                start = layout.length - _length(segment) + offset
+                done[key] = (model.rope.positions(layout, device=device)[start : start + count],
+                             model.additive(layout)[start : start + count])
+            positions.append(done[key][0])
+            extra.append(done[key][1])
         return torch.stack(positions), torch.stack(extra)
 
     def image_step(self, step: int, schedule: ScaleSchedule, codes: Sequence[Tensor]) -> Tensor:
@@ -216,10 +228,13 @@ def _length(segment) -> int:
 @attrs.frozen(eq=False)
 class ImageGeneration:
     """``codes``: int64 [batch, h_k, w_k] per step; ``logits``: the conditional rows' float32 code
-    logits [batch, h_k·w_k, codes] per step before guidance (only when asked for)."""
+    logits [batch, h_k·w_k, codes] per step before guidance; ``log_probs``: float32 [batch, h_k, w_k]
+    per step, each sampled code's log-probability under ``ImageSampling.policy`` (each only when
+    asked for)."""
 
     codes: list[Tensor]
     logits: list[Tensor] | None = None
+    log_probs: list[Tensor] | None = None
 
 
 @torch.no_grad()
@@ -232,6 +247,7 @@ def generate_image_codes(
     sampling: ImageSampling | None = None,
     generator: torch.Generator | None = None,
     keep_logits: bool = False,
+    keep_log_probs: bool = False,
     progress: bool = False,
 ) -> ImageGeneration:
     """One image per prompt, scale by scale over a KV cache (module docstring). ``uncond``: one
@@ -264,17 +280,23 @@ def generate_image_codes(
     lo, hi = model.vocabulary.code_range
     codes: list[Tensor] = []
     kept: list[Tensor] = []
+    scores: list[Tensor] = []
     for k, (h, w) in enumerate(tqdm(steps, desc="scales", disable=not progress, leave=False)):
         logits = model.logits(session.image_step(k, schedule, codes))[..., lo:hi]
         cond = logits[:batch]
         un = [logits[batch:].reshape(-1, hi - lo)] if guided else []
+        flat = cond.reshape(-1, hi - lo)
         sampled = sampling.sampler(k, len(steps)).sample(
-            cond.reshape(-1, hi - lo), un, step=k, num_steps=len(steps), generator=generator
+            flat, un, step=k, num_steps=len(steps), generator=generator
         ).view(batch, h, w)
         codes.append(torch.cat([sampled, sampled]) if guided else sampled)
         if keep_logits:
             kept.append(cond)
-    return ImageGeneration([c[:batch] for c in codes], kept if keep_logits else None)
+        if keep_log_probs:
+            dist = sampling.policy(k, len(steps)).log_probs(flat, un, step=k, num_steps=len(steps))
+            scores.append(dist.gather(1, sampled.reshape(-1, 1)).view(batch, h, w))
+    return ImageGeneration([c[:batch] for c in codes], kept if keep_logits else None,
+                           scores if keep_log_probs else None)
 
 
 def _check_ratio(grid: tuple[int, int]) -> None:
