@@ -8,6 +8,8 @@ multi-scale image codes — next-token prediction for text, next-scale predictio
   ``load_run``
 - ``generate``: ``generate_image_codes``, ``generate_text``, ``interleave``, ``ImageSampling``,
   ``TextSampling``; ``pipeline``: ``NextFlowPipeline``; ``evaluate``: ``evaluate_pipeline``
+- ``rollout`` / ``grpo``: prefix-tuning GRPO (§3.2.5): ``collect_rollout``, ``policy_log_probs``,
+  ``GRPOConfig``, ``grpo_tiny``, ``train_grpo``
 """
 
 import importlib
@@ -22,14 +24,17 @@ _LAZY = {
     "generate": ("ImageSampling", "TextSampling", "generate_image_codes", "generate_text", "interleave"),
     "pipeline": ("NextFlowPipeline",),
     "evaluate": ("evaluate_pipeline",),
+    "rollout": ("Rollout", "collect_rollout", "policy_log_probs"),
+    "grpo": ("GRPOConfig", "grpo_tiny", "train_grpo"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [  # noqa: RUF022 - eager names, then the lazy ones
     "Batch", "Example", "Image", "ImageGroup", "NextFlow", "NextFlowConfig", "Text", "collate",
     "nextflow_7b", "nextflow_tiny", "separate_heads",
-    "ImageSampling", "NextFlowPipeline", "TextSampling", "evaluate_pipeline", "generate_image_codes",
-    "generate_text", "interleave", "load_run", "nextflow_training_tiny", "train_nextflow",
+    "GRPOConfig", "ImageSampling", "NextFlowPipeline", "Rollout", "TextSampling", "collect_rollout",
+    "evaluate_pipeline", "generate_image_codes", "generate_text", "grpo_tiny", "interleave", "load_run",
+    "nextflow_training_tiny", "policy_log_probs", "train_grpo", "train_nextflow",
 ]
 
 

@@ -1,4 +1,4 @@
-"""``nx nextflow train|generate|edit|caption|eval``.
+"""``nx nextflow train|generate|edit|caption|eval|grpo``.
 
     nx nextflow train --tokenizer TOKDIR --minutes 10 --out RUN      train nextflow_tiny on ShapeWorld
     torchrun --standalone --nproc_per_node=2 -m nxrecipes nextflow train --tokenizer TOKDIR --steps 500 \
@@ -7,6 +7,8 @@
     nx nextflow edit RUN --image a.png --instruction "make the circle blue" --out edited.png
     nx nextflow caption RUN --image a.png [b.png ...]
     nx nextflow eval RUN [--json report.json]                       ShapeEval, edit and caption scores
+    nx nextflow grpo RUN --out TUNED --minutes 5 [--prefix-scales 2 --reward shapeeval]
+                                                                     prefix-tuning GRPO (paper §3.2.5)
 
 An existing ``--out`` run directory resumes. Images are written as PNG grids with their prompts.
 """
@@ -119,6 +121,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(text + "\n")
 
 
+def cmd_grpo(args: argparse.Namespace) -> None:
+    from nxrecipes.nextflow.grpo import grpo_tiny, train_grpo
+    from nxrecipes.train.plot import plot_run
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    given = {"batch_size": args.prompts, "group_size": args.group_size, "prefix_scales": args.prefix_scales,
+             "reward": args.reward, "lr": args.lr, "beta": args.beta, "clip": args.clip, "seed": args.seed,
+             "updates_per_rollout": args.updates_per_rollout, "cfg": args.cfg}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if "prefix_scales" in changes and changes["prefix_scales"] != "all":
+        changes["prefix_scales"] = int(changes["prefix_scales"])
+    cfg = grpo_tiny(args.out, start=args.run_dir, minutes=args.minutes, steps=args.steps, **changes)
+    summary = train_grpo(cfg, progress=not args.quiet)
+    curves = plot_run(args.out, keys=["reward", "reward/std", "kl", "clip_fraction", "groups/flat"])
+    print(f"tuned {summary.step} updates; run directory {args.out}; reward curves {curves}")
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=3.0, help="guidance weight on every scale after the first")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -181,3 +203,24 @@ def add_nextflow_commands(commands: Any) -> None:
     ev.add_argument("-n", "--num", type=int, default=64, help="prompts per split")
     ev.add_argument("--json", help="also write the report here")
     ev.set_defaults(run=cmd_eval)
+
+    grpo = sub.add_parser("grpo", help="prefix-tuning GRPO of a trained run on a reward (default ShapeEval)")
+    _run_arg(grpo)
+    grpo.add_argument("--out", required=True, help="the tuned run directory (an existing one resumes)")
+    grpo.add_argument("--minutes", type=float, help="wall-clock budget")
+    grpo.add_argument("--steps", type=int, help="updates (a cap with --minutes; default 100)")
+    grpo.add_argument("--prefix-scales", metavar="M|all",
+                      help="train the policies of the first M scales only (default 8; 'all' for every scale)")
+    grpo.add_argument("--reward", help="reward spec: shapeeval (default), shapeeval-strict, "
+                      "shapeeval:counting=1,position=2, learned=DIR, or weighted sums like "
+                      "0.7*shapeeval+0.3*learned=DIR")
+    grpo.add_argument("--prompts", type=int, help="prompts per update (default 4)")
+    grpo.add_argument("--group-size", type=int, help="samples per prompt, G (default 8)")
+    grpo.add_argument("--updates-per-rollout", type=int, help="updates per rollout, GRPO's mu (default 1)")
+    grpo.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-5)")
+    grpo.add_argument("--beta", type=float, help="KL weight to the starting model (default 0.01)")
+    grpo.add_argument("--clip", type=float, help="ratio clip epsilon (default 0.2)")
+    grpo.add_argument("--cfg", type=float, help="rollout guidance on every scale after the first (default 3)")
+    grpo.add_argument("--seed", type=int)
+    grpo.add_argument("--quiet", action="store_true", help="no progress bar")
+    grpo.set_defaults(run=cmd_grpo)
