@@ -2,5 +2,6 @@
 
 from nxcore.reward.callable import CallableReward
 from nxcore.reward.protocol import RewardModel
+from nxcore.reward.weighted import WeightedReward, as_reward
 
-__all__ = ["CallableReward", "RewardModel"]
+__all__ = ["CallableReward", "RewardModel", "WeightedReward", "as_reward"]

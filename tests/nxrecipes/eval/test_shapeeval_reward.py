@@ -94,3 +94,78 @@ def test_score_takes_any_image_form():
     pil = render(Scene([CIRCLE_LEFT, SQUARE_RIGHT]), 64)
     assert model.score(pil, "a red circle left of a blue square") == 1.0
     assert model.score(np.asarray(pil), "a blue square") == 1.0
+
+
+# --- per-category weights ---------------------------------------------------------------------
+
+
+def drawn_for_each_category(seed=1):
+    """One image per category, drawn for its prompt (so the unweighted reward is 1 for each)."""
+    rng = np.random.default_rng(seed)
+    prompts, images = [], []
+    for category in CATEGORIES:
+        spec = random_spec(rng, category)
+        prompts.append(prompt_for_spec(spec, rng))
+        images.append(to_float(render(scene_for_spec(spec, rng, size=64), 64)))
+    return torch.stack(images), prompts
+
+
+def test_category_weights_scale_each_prompt_by_its_category_and_zero_the_rest():
+    images, prompts = drawn_for_each_category()
+    assert torch.equal(ShapeEvalReward()(images, prompts), torch.ones(len(CATEGORIES)))
+    weighted = ShapeEvalReward(categories={"counting": 1.0, "position": 2.5})(images, prompts)
+    expected = torch.tensor([{"counting": 1.0, "position": 2.5}.get(c, 0.0) for c in CATEGORIES])
+    assert torch.equal(weighted, expected)
+    counting_only = ShapeEvalReward(categories={"counting": 1.0})(images, prompts)
+    assert torch.equal(counting_only, (torch.tensor([c == "counting" for c in CATEGORIES])).float())
+
+
+def test_category_weights_multiply_partial_credit_and_strict_scores():
+    images = image(CIRCLE_LEFT, SQUARE_RIGHT)[None].repeat(3, 1, 1, 1)
+    prompts = ["a red circle to the right of a blue square",  # position, 2/3
+               "a red circle and a green square",  # color_attr, 1/2
+               "a red circle"]  # colors, 1
+    weights = {"position": 3.0, "color_attr": 0.5, "colors": 2}
+    partial = ShapeEvalReward(categories=weights)(images, prompts)
+    torch.testing.assert_close(partial, torch.tensor([2.0, 0.25, 2.0]))
+    strict = ShapeEvalReward(partial_credit=False, categories=weights)(images, prompts)
+    assert torch.equal(strict, torch.tensor([0.0, 0.0, 2.0]))
+    assert ShapeEvalReward(categories=weights).score(images[0], prompts[0]) == pytest.approx(2.0)
+
+
+def test_zero_weight_prompts_are_not_scored():
+    nan = torch.full((1, 3, 32, 32), float("nan"))
+    model = ShapeEvalReward(categories={"counting": 1.0})
+    assert model(nan, ["a red circle"]).item() == 0.0  # a colors prompt: weight 0, image never read
+    with pytest.raises(ValueError, match="image contains NaN"):
+        model(nan, ["two red circles"])
+    with pytest.raises(ValueError, match="not a ShapeWorld prompt"):
+        model(nan, ["a tasty sandwich"])  # prompts are still all read
+
+
+@pytest.mark.parametrize(
+    ("categories", "error", "message"),
+    [
+        ({"count": 1.0}, ValueError, r"unknown category 'count' in categories; choose among \['single_object'"),
+        ({"counting": -1.0}, ValueError, r"categories\['counting'\] = -1.0 must be a finite number >= 0"),
+        ({"counting": float("nan")}, ValueError, "must be a finite number"),
+        ({"counting": float("inf")}, ValueError, "must be a finite number"),
+        ({"counting": True}, ValueError, "must be a finite number"),
+        ({"counting": "1"}, ValueError, "must be a finite number"),
+        ({"counting": 0.0}, ValueError, "gives no category a positive weight"),
+        ({}, ValueError, "gives no category a positive weight"),
+        (["counting"], TypeError, "categories must be a mapping"),
+    ],
+)
+def test_bad_category_weights_raise(categories, error, message):
+    with pytest.raises(error, match=message):
+        ShapeEvalReward(categories=categories)
+
+
+def test_weighted_examples_conform_and_repr_shows_the_weights():
+    for model in ShapeEvalReward.examples():
+        check_reward_model(model)
+    assert any(m.categories for m in ShapeEvalReward.examples())
+    model = ShapeEvalReward(categories={"counting": 1.0, "position": 2.0})
+    assert repr(model) == "ShapeEvalReward(partial_credit=True, categories={'counting': 1.0, 'position': 2.0})"
+    assert repr(ShapeEvalReward()) == "ShapeEvalReward(partial_credit=True)"
