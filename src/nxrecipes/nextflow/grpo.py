@@ -254,12 +254,12 @@ def train_grpo(cfg: GRPOConfig, *, reward: RewardModel | None = None, progress: 
     if not isinstance(cfg, GRPOConfig):
         raise TypeError(f"cfg must be a GRPOConfig (e.g. grpo_tiny(...)), got {type(cfg).__name__}")
     started = time.perf_counter()
+    run = load_run(cfg.start)
+    model = run.model
     if reward is None:
         from nxrecipes.eval.rewards import parse_reward
 
-        reward = parse_reward(cfg.reward)
-    run = load_run(cfg.start)
-    model = run.model
+        reward = parse_reward(cfg.reward, device=model.embed_tokens.weight.device)
     model.requires_grad_(True)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     _copy_start(cfg.start, cfg.run_dir)

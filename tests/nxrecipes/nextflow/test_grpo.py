@@ -154,3 +154,19 @@ def test_grpo_configs_refuse_what_cannot_work(tmp_path, start):
     cfg = tiny(tmp_path, start, steps=1)
     assert GRPOConfig.from_json(cfg.to_json()) == cfg
     assert json.loads(cfg.to_json())["prefix_scales"] == 2
+
+
+def test_the_grpo_command_tunes_a_run_and_draws_the_reward_curves(tmp_path, start, capsys):
+    from nxrecipes.cli import main
+
+    out = tmp_path / "tuned"
+    argv = ["nextflow", "grpo", str(start), "--out", str(out), "--steps", "1", "--prompts", "2", "--group-size",
+            "2", "--prefix-scales", "all", "--reward", "shapeeval:colors=1", "--quiet"]
+    assert main(argv) == 0
+    assert "tuned 1 updates" in capsys.readouterr().out
+    cfg = GRPOConfig.load(out / GRPO_CONFIG_FILE)
+    assert (cfg.prefix_scales, cfg.group_size, cfg.reward) == (None, 2, "shapeeval:colors=1")
+    assert (out / "metrics.png").is_file() and (out / "model.safetensors").is_file()
+    assert main(["nextflow", "grpo", str(start), "--out", str(tmp_path / "bad"), "--steps", "1",
+                 "--reward", "nonsense", "--quiet"]) == 2
+    assert "nonsense" in capsys.readouterr().err
