@@ -97,8 +97,11 @@ def _records() -> list[dict]:
 
 
 def _group(record: dict) -> str:
-    reward = record.get("reward", "shapeeval")
-    return str(record["m"]) if reward == "shapeeval" else f"{record['m']}, reward {reward}"
+    """m, and for a labelled run (another reward or length) its label, reward and updates."""
+    label = record["name"].rsplit("-m", 1)[0] if "-m" in record["name"] else ""
+    if not label:
+        return str(record["m"])
+    return f"{record['m']} ({label}: {record.get('reward', 'shapeeval')}, {record['steps']} updates)"
 
 
 def _mean(values: list[float]) -> float:
