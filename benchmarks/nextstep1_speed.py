@@ -145,8 +145,9 @@ def breakdown(official, off_pipe, our_pipe, run_official, run_nx) -> dict:
     with contextlib.ExitStack() as stack:
         stack.enter_context(timed(nx_model.NextStep1, "forward_embeds", log, "backbone forward"))
         stack.enter_context(timed(flow.FlowSampler, "sample", log, "sampler (per token)"))
-        if snapshot is not None:
-            stack.enter_context(timed(snapshot, "velocity", log, "head net (per step)"))
+        if snapshot is not None:  # every evaluation of the head's network goes through velocity_modulated
+            method = "velocity_modulated" if hasattr(snapshot, "velocity_modulated") else "velocity"
+            stack.enter_context(timed(snapshot, method, log, "head net (per step)"))
         else:
             stack.enter_context(timed(nx_head.FlowMatchingHead, "velocity", log, "head net (per step)"))
         stack.enter_context(timed(our_pipe.image_tokenizer, "decode", log, "VAE decode"))

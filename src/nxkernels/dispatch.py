@@ -60,9 +60,10 @@ ENV = "NX_KERNELS"
 # use_backend's stack: a plain list, not a ContextVar, so torch.compile can trace reads (and guard
 # on them); overrides are process-wide while the block runs.
 _override: list[str] = []
-_cache: dict[tuple, str] = {}
+_cache: dict[tuple, Backend] = {}
 _available: dict[tuple, tuple[str, ...]] = {}
 _ops: dict[str, Op] = {}
+_env_modes: dict[str, str] = {}
 
 
 def parse_mode(value: str, source: str = ENV) -> str:
@@ -78,7 +79,17 @@ def requested_mode(environ: Mapping[str, str] | None = None) -> str:
     if _override:
         return _override[-1]
     value = (os.environ if environ is None else environ).get(ENV, "")
-    return parse_mode(value) if value.strip() else "auto"
+    return _parse_env(value) if value else "auto"
+
+
+def _parse_env(value: str) -> str:
+    """``parse_mode`` of an ``NX_KERNELS`` value, memoised per spelling (read at every op call)."""
+    mode = _env_modes.get(value)
+    if mode is None:
+        mode = parse_mode(value) if value.strip() else "auto"
+        if len(_env_modes) < 64:
+            _env_modes[value] = mode
+    return mode
 
 
 @contextlib.contextmanager
@@ -112,7 +123,10 @@ def eager_inference(*tensors: torch.Tensor | None) -> bool:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in {"1", "true", "on", "yes"}
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
+
+
+_TRUE = frozenset({"1", "true", "on", "yes"})
 
 
 def cuda_reasons() -> list[str]:
@@ -274,14 +288,15 @@ class Op:
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"op {self.name!r} lists a backend twice: {names}")
+        object.__setattr__(self, "_by_name", {b.name: b for b in self.backends})
         if self.name in _ops:
             raise ValueError(f"an op named {self.name!r} is already registered")
         _ops[self.name] = self
 
     def backend(self, name: str) -> Backend:
-        for b in self.backends:
-            if b.name == name:
-                return b
+        b = self._by_name.get(name)
+        if b is not None:
+            return b
         raise ValueError(
             f"op {self.name!r} has no backend {name!r}; its backends are "
             f"{', '.join(b.name for b in self.backends)}"
@@ -293,9 +308,10 @@ class Op:
             request, pinned = parse_mode(backend, source="backend"), True
         else:
             request, pinned = requested_mode(), False
-            if request != "auto" and request not in {b.name for b in self.backends}:
+            if request != "auto" and request not in self._by_name:
                 request = "auto"
-        x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else next(
+            (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         key = (
             self.name,
             request,
@@ -304,9 +320,9 @@ class Op:
             self.shape_class(*args, **kwargs),
             _interpreting(),
         )
-        name = _cache.get(key)
-        if name is not None:
-            return self.backend(name)
+        cached = _cache.get(key)
+        if cached is not None:
+            return cached
         if request == "auto":
             rejected: dict[str, list[str]] = {}
             for b in self.backends:
@@ -329,7 +345,7 @@ class Op:
                     f"{self.name}: backend {request!r} ({how}) cannot run this call:\n"
                     f"{_format({request: reasons})}\nunpin it to let {self.name} choose"
                 )
-        _cache[key] = chosen.name
+        _cache[key] = chosen
         if not torch.compiler.is_compiling():  # dynamo does not trace logging calls
             logger.debug("%s: using backend %r for %s", self.name, chosen.name, key[1:])
         return chosen

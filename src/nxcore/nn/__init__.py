@@ -6,7 +6,7 @@ kernel backend itself; parameter names match the official checkpoints."""
 from nxcore.nn.adaln import AdaLNFinalLayer, AdaLNResBlock, fold_affine
 from nxcore.nn.attention import Attention, causal_mask
 from nxcore.nn.cache import KVCache
-from nxcore.nn.decoder import DecoderLayer, DecoderLayerConfig
+from nxcore.nn.decoder import DecoderLayer, DecoderLayerConfig, forward_layers
 from nxcore.nn.mlp import SwiGLUMLP
 from nxcore.nn.norm import RMSNorm
 
@@ -21,4 +21,5 @@ __all__ = [
     "SwiGLUMLP",
     "causal_mask",
     "fold_affine",
+    "forward_layers",
 ]

@@ -78,9 +78,10 @@ def _attend(
             "keys; pass the bottom-right causal_mask(seq, kv) as the mask instead"
         )
     group = q.shape[1] // k.shape[1]
-    if group > 1 and mask is not None:
-        # PyTorch's fused SDPA kernel that takes a mask (memory-efficient) does not take enable_gqa
-        # and would fall back to the math kernel; share the kv heads explicitly instead.
+    if group > 1 and q.device.type != "cpu":
+        # PyTorch's fused CUDA SDPA kernel that takes a mask (memory-efficient) does not take
+        # enable_gqa and would fall back to the math kernel; share the kv heads explicitly instead.
+        # (The CPU kernel takes both: the same numbers without copying the keys and values.)
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         group = 1
@@ -280,11 +281,8 @@ class Attention(nn.Module):
     ) -> Bool[Tensor, "..."]:
         mask = check_tensor("attn_mask", mask, ndim=(2, 4), kind="bool", device=device)
         full = (batch, self.num_heads, seq, kv)
-        try:
-            ok = torch.broadcast_shapes(mask.shape, full) == full
-        except RuntimeError:
-            ok = False
-        if not ok:
+        # broadcasts to full: every dimension equal or 1 (torch.broadcast_shapes is slow Python)
+        if not all(m == f or m == 1 for m, f in zip(mask.shape, full[-mask.ndim:], strict=True)):
             raise ValueError(
                 f"attn_mask has shape {tuple(mask.shape)} but must broadcast to [batch, heads, seq, kv] = "
                 f"{list(full)} (True = attend); give [{seq}, {kv}] or [{batch} or 1, {self.num_heads} or 1, "

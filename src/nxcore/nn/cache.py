@@ -108,6 +108,27 @@ class KVCache:
         v: Float[Tensor, "batch kv_heads new head_dim"],
     ) -> tuple[Float[Tensor, "batch kv_heads kv head_dim"], Float[Tensor, "batch kv_heads kv head_dim"]]:
         """Store ``k``/``v`` behind the filled slots; return all keys and values so far."""
+        store_k, store_v = self._k, self._v
+        if not (  # the usual call, checked in one expression; anything else gets the named checks
+            type(k) is Tensor and type(v) is Tensor and k.shape == v.shape and k.ndim == 4
+            and k.shape[0] == store_k.shape[0] and k.shape[1] == store_k.shape[1]
+            and k.shape[3] == store_k.shape[3] and k.dtype == v.dtype == store_k.dtype
+            and k.device == store_k.device and v.device == store_k.device
+        ):
+            self._check_append(k, v)
+        start, end = self._length, self._length + k.shape[2]
+        if end > store_k.shape[2]:
+            raise ValueError(
+                f"KVCache overflow: it holds {start} of max_len={self.max_len} slots and cannot take "
+                f"{k.shape[2]} more; build it with max_len >= {end} (prompt + generated tokens) or "
+                "crop() it first"
+            )
+        store_k[:, :, start:end] = k
+        store_v[:, :, start:end] = v
+        self._length = end
+        return store_k[:, :, :end], store_v[:, :, :end]
+
+    def _check_append(self, k: object, v: object) -> None:
         for name, t in (("k", k), ("v", v)):
             check_tensor(name, t, ndim=4, kind="float")
             expected = (self.batch, self.num_kv_heads, t.shape[2], self.head_dim)
@@ -129,17 +150,6 @@ class KVCache:
                 )
         if k.shape[2] != v.shape[2]:
             raise ValueError(f"k has {k.shape[2]} new tokens but v has {v.shape[2]}; append them together")
-        start, end = self._length, self._length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(
-                f"KVCache overflow: it holds {start} of max_len={self.max_len} slots and cannot take "
-                f"{k.shape[2]} more; build it with max_len >= {end} (prompt + generated tokens) or "
-                "crop() it first"
-            )
-        self._k[:, :, start:end] = k
-        self._v[:, :, start:end] = v
-        self._length = end
-        return self.keys, self.values
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` slots and forget the rest (reuse a shared prefix)."""

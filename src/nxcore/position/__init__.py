@@ -11,7 +11,7 @@ from nxcore.position.protocol import (
     PositionalEncoder,
     RotaryPositionalEncoder,
 )
-from nxcore.position.rope import RoPE1D, rope_inv_freq
+from nxcore.position.rope import RoPE1D, Rotation, rope_inv_freq
 from nxcore.position.rope3d import MultiscaleRoPE3D, default_sections, image_coordinates
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "ScaleLengthEmbedding",
     "default_sections",
     "image_coordinates",
+    "Rotation",
     "rope_inv_freq",
 ]

@@ -5,6 +5,9 @@ Two kinds, both computed from a ``SequenceLayout`` (shape legend in ``nxcore.typ
 - ``RotaryPositionalEncoder``: float positions per token (``axes`` coordinates each), applied by
   rotating query/key pairs inside attention. Scores then depend only on position differences.
   References: ``RoPE1D`` (rotate-half, theta configurable) and ``MultiscaleRoPE3D`` (NextFlow Eq. 1).
+  An encoder may also offer ``rotation(positions)``: a callable equal to ``apply(., positions)``,
+  prepared for many eager calls without gradients (``nxcore.nn.forward_layers`` uses it for every
+  layer of a stack).
 - ``AdditivePositionalEncoder``: an ``nn.Module`` giving one [seq, dim] vector per token that is
   added to the input embeddings. Text tokens get zeros unless the encoder says otherwise.
   References: ``LearnedScaleEmbedding``, ``ScaleLengthEmbedding`` (sinusoidal over the number of

@@ -17,9 +17,10 @@ from torch import Tensor
 from nxcore.layout import SequenceLayout
 from nxcore.position.protocol import RotaryPositionalEncoder
 from nxcore.typing import Float, typecheck
-from nxkernels.rope import apply_rope
+from nxkernels.dispatch import eager_inference
+from nxkernels.rope import apply_rope, rope_inference_kernel
 
-__all__ = ["RoPE1D", "rope_inv_freq", "rotate"]
+__all__ = ["RoPE1D", "Rotation", "rope_inv_freq", "rotate"]
 
 
 def rope_inv_freq(
@@ -28,15 +29,52 @@ def rope_inv_freq(
     """Frequencies theta^(-2i / head_dim), i = 0 .. head_dim // 2 - 1 (fp32; computed in fp64).
     Memoised per (head_dim, theta, device): every layer asks for the same table at every call; the
     table is shared, so do not modify it in place."""
+    if type(theta) is not bool:  # (True == 1: a bool must reach the validation)
+        table = _INV_FREQ.get((head_dim, theta, device))  # only validated keys are stored
+        if table is not None:
+            return table
     _check_head_dim("head_dim", head_dim)
     _check_theta("theta", theta)
-    return _inv_freq(head_dim, float(theta), torch.device(device))
+    table = _inv_freq(head_dim, float(theta), torch.device(device))
+    if len(_INV_FREQ) < 64 and not torch.compiler.is_compiling():
+        _INV_FREQ[(head_dim, theta, device)] = table
+    return table
+
+
+_INV_FREQ: dict[tuple, Tensor] = {}  # (head_dim, theta, device as passed) -> table: the per-call fast path
 
 
 @functools.lru_cache(maxsize=64)
 def _inv_freq(head_dim: int, theta: float, device: torch.device) -> Tensor:
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
     return (theta ** -exponents).to(device=device, dtype=torch.float32)
+
+
+class Rotation:
+    """``x -> encoder.apply(x, positions)`` with the encoder's ``theta`` and ``sections``, for many
+    eager calls without gradients to the same positions (every layer of a model rotates its queries
+    and keys to them): the arguments are checked, the frequencies looked up and the ``nxkernels.rope``
+    kernel chosen on the first call (and again for an ``x`` of another dtype, device or shape class),
+    not per call. A call that needs gradients, or runs under ``torch.compile``, goes through
+    ``encoder.apply``. Made by ``RoPE1D.rotation`` / ``MultiscaleRoPE3D.rotation``."""
+
+    def __init__(self, encoder: RotaryPositionalEncoder, positions: Tensor, theta: float,
+                 sections: tuple[int, ...] | None) -> None:
+        self.encoder, self.positions, self.theta, self.sections = encoder, positions, theta, sections
+        self._key: tuple | None = None
+        self._prepared: tuple = ()
+
+    def __call__(self, x: Float[Tensor, "*batch seq head_dim"]) -> Float[Tensor, "*batch seq head_dim"]:
+        if not eager_inference(x):
+            return self.encoder.apply(x, self.positions)
+        key = (x.dtype, x.device, x.shape[-1], x.shape[-2])
+        if key != self._key:
+            _check_width(self.encoder, x, self.positions)
+            inv_freq = rope_inv_freq(x.shape[-1], self.theta, device=x.device)
+            kernel, sections = rope_inference_kernel(x, self.positions, inv_freq, self.sections)
+            self._prepared, self._key = (kernel, inv_freq, sections), key
+        kernel, inv_freq, sections = self._prepared
+        return kernel(x, self.positions, inv_freq, sections)
 
 
 @typecheck
@@ -53,12 +91,13 @@ def rotate(
             f"x and positions must be tensors, got {type(x).__name__} and "
             f"{type(positions).__name__}"
         )
-    if positions.device != x.device:
+    device = x.device
+    if positions.device != device:
         raise ValueError(
-            f"positions is on {positions.device} but x is on {x.device}; compute them with "
+            f"positions is on {positions.device} but x is on {device}; compute them with "
             f"encoder.positions(layout, device=x.device)"
         )
-    inv_freq = rope_inv_freq(x.shape[-1], theta, device=x.device)
+    inv_freq = rope_inv_freq(x.shape[-1], theta, device=device)
     return apply_rope(x, positions, inv_freq, sections)
 
 
@@ -111,6 +150,10 @@ class RoPE1D(RotaryPositionalEncoder):
     ) -> Float[Tensor, "*batch seq head_dim"]:
         _check_width(self, x, positions)
         return rotate(x, positions, theta=self.theta)
+
+    def rotation(self, positions: Float[Tensor, "seq axes"]) -> Rotation:
+        """``apply(., positions)`` prepared for many eager calls without gradients (``Rotation``)."""
+        return Rotation(self, positions, self.theta, None)
 
 
 def _check_width(encoder: RotaryPositionalEncoder, x: Tensor, positions: Tensor) -> None:

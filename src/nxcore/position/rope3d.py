@@ -33,7 +33,7 @@ from torch import Tensor
 
 from nxcore.layout import DiscreteImage, SequenceLayout, TextSpan
 from nxcore.position.protocol import RotaryPositionalEncoder
-from nxcore.position.rope import _check_width, _head_dim_validator, _theta_validator, rotate
+from nxcore.position.rope import Rotation, _check_width, _head_dim_validator, _theta_validator, rotate
 from nxcore.typing import Float, typecheck
 
 __all__ = ["MultiscaleRoPE3D", "default_sections", "image_coordinates"]
@@ -197,3 +197,7 @@ class MultiscaleRoPE3D(RotaryPositionalEncoder):
     ) -> Float[Tensor, "*batch seq head_dim"]:
         _check_width(self, x, positions)
         return rotate(x, positions, theta=self.theta, sections=self.sections)
+
+    def rotation(self, positions: Float[Tensor, "seq axes"]) -> Rotation:
+        """``apply(., positions)`` prepared for many eager calls without gradients (``Rotation``)."""
+        return Rotation(self, positions, self.theta, self.sections)

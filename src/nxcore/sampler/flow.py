@@ -32,13 +32,22 @@ Guidance (on velocities, float32), with ``w = guidance(step, num_steps)`` and
 -> ``v_u2 + w_img (v_u1 - v_u2) + w (v_c - v_u1)``. Both weights take a schedule: the official
 ``cfg_schedule="linear"`` decays ``cfg`` and ``cfg_img`` alike (``LinearDecay`` for both).
 
+The guided velocity is never formed on its own: it is a weighted sum ``sum_i c_i v_i`` of the
+branches (``w v_c + (1 - w) v_u``, ...; a branch of weight 0 is left out, so its NaN cannot leak),
+and a step adds each branch to ``x`` with its weight folded into the step's coefficients, e.g. an
+SDE step is ``(1 - dt) x + sum_i dt (1 + t) c_i v_i + sqrt(2 (1 - t) dt) xi``: the same value as
+above up to rounding, in fewer tensor operations.
+
 Fields that can be evaluated together (``JoinableField``: ``cond.join(uncond)`` gives one field over
 the stacked rows) are, in one call per step: the upstream head call (``cat([x] * branches)``), which
 is faster and rounds as upstream does in bf16.
 
 A field with an ``at_time(x, t)`` method (``t`` a Python float, the same time for every row) is
 evaluated through it instead of ``field(x, t_tensor)``: the NextStep-1 head's ``SnapshotField``
-memoises its time embedding per t that way.
+memoises its time embedding per t that way. A field with an ``expect_times(times)`` method is told,
+once per ``sample`` and before the first evaluation, the times it will be evaluated at (the
+``evaluation_times``, in order): the ``SnapshotField`` computes its per-time work for all of them in
+one matmul then.
 
 Velocities are checked for NaN / inf once per ``sample`` (on the result, so no step waits for the
 device): a non-finite result names the first field and time that produced a non-finite velocity.
@@ -166,45 +175,59 @@ class FlowSampler(LatentSampler):
                 f"noise_repeat = {self.noise_repeat} does not divide the {shape[0]} tokens sampled; "
                 "pass the number of images per caption (every caption has that many rows) or None"
             )
-        joined = cond.join(extra) if extra and isinstance(cond, JoinableField) else None
+        joined = cond.join(extra) if extra and _is_field(cond, JoinableField) else None
         k, tiles = len(fields), shape[0] // rows
 
-        def noise() -> Tensor:
-            draw = torch.randn((rows, shape[1]), generator=generator, dtype=torch.float32,
-                               device=noise_device).to(device)
-            return draw if tiles == 1 else torch.cat([draw] * tiles)
+        moved = torch.device(noise_device) != device
 
+        def noise(tiled: bool = True) -> Tensor:
+            """One draw of [rows, latent_dim]; tiled over the tokens, or as drawn (to broadcast)."""
+            draw = torch.randn((rows, shape[1]), generator=generator, dtype=torch.float32,
+                               device=noise_device)
+            if moved:
+                draw = draw.to(device)
+            return draw if tiles == 1 or not tiled else torch.cat([draw] * tiles)
+
+        steps = self.steps()
+        times = tuple(t for t, _, _ in steps)
         if joined is not None:
             at_joined = _at_time(joined, device)
+            _expect(joined, times)
         else:
             evaluators = [(name, _at_time(f, device)) for name, f in fields]
+            for _, f in fields:
+                _expect(f, times)
 
         evaluated: list[tuple[float, str, Tensor]] = []  # checked for NaN / inf once, at the end
+        # the guided velocity is sum_i c_i v_i (c: _mix_weights); a zero weight drops its branch
+        mix = [(i, c) for i, c in enumerate(_mix_weights(k, w, w_img)) if c != 0.0]
 
-        def velocity(x: Tensor, t: float) -> Tensor:
+        def velocities(x: Tensor, t: float) -> Sequence[Tensor]:
             if joined is not None:
-                v_all = _evaluate("cond.join(uncond)", at_joined, torch.cat([x] * k), t)
+                v_all = _evaluate("cond.join(uncond)", at_joined, torch.cat([x] * k) if k > 1 else x, t)
                 evaluated.append((t, "cond.join(uncond)", v_all))
-                v = v_all.chunk(k)
-            else:
-                v = [_evaluate(name, at, x, t) for name, at in evaluators]
-                evaluated.extend((t, name, vi) for (name, _), vi in zip(evaluators, v, strict=True))
-            if len(v) == 1:
-                return v[0]
-            if len(v) == 2:
-                return _mix(v[0], v[1], w)
-            return _mix_image(v[0], v[1], v[2], w, w_img)
+                return v_all.reshape(k, -1, v_all.shape[-1]).unbind(0)
+            v = [_evaluate(name, at, x, t) for name, at in evaluators]
+            evaluated.extend((t, name, vi) for (name, _), vi in zip(evaluators, v, strict=True))
+            return v
 
         x = noise()
-        for t, t_next, stochastic in self.steps():
+        for t, t_next, stochastic in steps:
             dt = t_next - t
-            v = velocity(x, t)
-            if stochastic:
-                drift = (1.0 + t) * v - x
-                x = torch.add(x, drift, alpha=dt)
-                x.add_(noise(), alpha=(2.0 * (1.0 - t) * dt) ** 0.5)
-            else:
-                x = torch.add(x, v, alpha=dt)
+            v = velocities(x, t)
+            if stochastic:  # x + dt ((1 + t) v - x) + sqrt(2 (1 - t) dt) noise, with v = sum_i c_i v_i
+                a = dt * (1.0 + t)
+                y = torch.add(x, x, alpha=-dt)  # (1 - dt) x (a Python-float multiplier costs a cast)
+                for i, c in mix:
+                    y.add_(v[i], alpha=a * c)
+                # the draw broadcast over the tiles: the same sums as adding it tiled
+                y.view(tiles, rows, -1).add_(noise(tiled=False), alpha=(2.0 * (1.0 - t) * dt) ** 0.5)
+            else:  # x + dt v
+                (i, c), *rest = mix
+                y = torch.add(x, v[i], alpha=dt * c)
+                for i, c in rest:
+                    y.add_(v[i], alpha=dt * c)
+            x = y
         if not bool(torch.isfinite(x).all()):
             _raise_non_finite(evaluated)
         return x
@@ -222,6 +245,13 @@ def _steps(n: int, shift: float, method: str, timesteps: str) -> tuple[tuple[flo
     return (*between, (grid[-1], grid[-1] + NEXTSTEP1_LAST_STEP, False))
 
 
+def _expect(field: VelocityField, times: tuple[float, ...]) -> None:
+    """Tell a field with an ``expect_times`` method the times it is about to be evaluated at."""
+    expect = getattr(field, "expect_times", None)
+    if callable(expect):
+        expect(times)
+
+
 def _at_time(field: VelocityField, device: torch.device) -> Callable[[Tensor, float], Tensor]:
     """``(x, t) -> v`` at one scalar time t for every row: the field's ``at_time`` when it has one,
     else the field called with a float32 tensor of t."""
@@ -235,20 +265,30 @@ def _at_time(field: VelocityField, device: torch.device) -> Callable[[Tensor, fl
     return call
 
 
-def _mix(cond: Tensor, uncond: Tensor, w: float) -> Tensor:
-    """``mix_guidance`` for finite velocities: ``c + (w - 1)(c - u)`` (``w = 1`` gives c exactly)."""
-    return cond if w == 1 else torch.add(cond, cond - uncond, alpha=w - 1.0)
+def _mix_weights(branches: int, w: float, w_img: float) -> tuple[float, ...]:
+    """The guided velocity as ``sum_i c_i v_i`` over (cond, uncond[0], uncond[1]): ``c`` alone;
+    ``c + (w - 1)(c - u) = w c + (1 - w) u``; ``c + (w - 1)(c - u1) + (w_img - 1)(u1 - u2) =
+    w c + (w_img - w) u1 + (1 - w_img) u2``."""
+    if branches == 1:
+        return (1.0,)
+    if branches == 2:
+        return (float(w), 1.0 - w)
+    return (float(w), float(w_img) - w, 1.0 - w_img)
 
 
-def _mix_image(cond: Tensor, with_image: Tensor, without_image: Tensor, w: float, w_img: float) -> Tensor:
-    """``mix_image_guidance``: ``c + (w - 1)(c - u1) + (w_img - 1)(u1 - u2)``."""
-    out = torch.add(cond, cond - with_image, alpha=w - 1.0)
-    return out.add_(with_image - without_image, alpha=w_img - 1.0)
+def _is_field(value: object, protocol: type) -> bool:
+    """``isinstance(value, protocol)`` for ``VelocityField`` / ``JoinableField``, with the structural
+    test (a ``shape``, callable, and for ``JoinableField`` a ``join``) done first: typing's runtime
+    protocol check takes 20-30 us, a few times per sampled token."""
+    structural = hasattr(value, "shape") and callable(value)
+    if structural and (protocol is not JoinableField or hasattr(value, "join")):
+        return True
+    return isinstance(value, protocol)
 
 
 def _check_fields(fields: list[tuple[str, object]]) -> tuple[int, int]:
     for name, field in fields:
-        if not isinstance(field, VelocityField):
+        if not _is_field(field, VelocityField):
             raise TypeError(
                 f"{name} must be a VelocityField (a callable (x, t) -> v with a shape attribute), "
                 f"got {type(field).__name__}; wrap a function with CallableField(fn, shape)"
@@ -273,7 +313,7 @@ def _evaluate(name: str, at: Callable[[Tensor, float], Tensor], x: Tensor, t: fl
             f"velocity of {name} has shape {tuple(v.shape)} at t={t:.4g}, expected "
             f"{tuple(x.shape)} (the field's shape)"
         )
-    return v.float()
+    return v if v.dtype == torch.float32 else v.float()
 
 
 def _raise_non_finite(evaluated: list[tuple[float, str, Tensor]]) -> None:

@@ -7,10 +7,14 @@ Backends, in priority order: ``triton`` (CUDA tensors; CPU tensors only when pin
 ``TRITON_INTERPRET=1``), ``reference`` (plain torch, fp32 statistics; see ``reference.py``). The
 choice follows ``nxkernels.dispatch`` (``backend=``, ``use_backend``, ``NX_KERNELS``). The op is
 the ``torch.library`` custom op ``nxkernels::rms_norm_fwd`` (with ``nxkernels::rms_norm_bwd`` for
-its backward), so it traces under ``torch.compile`` and passes ``torch.library.opcheck``.
+its backward), so it traces under ``torch.compile`` and passes ``torch.library.opcheck``. Eager calls
+that need no gradient skip the custom op and run the backend's ``inference`` kernel when it has one
+(the reference's: one ``F.rms_norm`` call on CPU, bit for bit its forward), else its forward.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
@@ -20,7 +24,7 @@ from nxkernels.dispatch import Backend, Op, eager_inference, triton_reasons
 from nxkernels.rms_norm.reference import rms_norm_reference
 from nxkernels.typecheck import typecheck
 
-__all__ = ["RMS_NORM", "rms_norm", "rms_norm_reference"]
+__all__ = ["RMS_NORM", "rms_norm", "rms_norm_inference_kernel", "rms_norm_reference"]
 
 _HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_MAX_DIM = 65536
@@ -190,9 +194,46 @@ def rms_norm(
     backend (``"triton"``, ``"reference"``); a pinned backend that cannot run raises ValueError.
     """
     _validate(x, weight, eps, residual)
-    if residual is not None:
+    if residual is not None and residual.shape != x.shape:
         residual = residual.expand(x.shape)
     chosen = RMS_NORM.select(x, weight, eps, residual=residual, backend=backend)
-    forward = _rms_norm_forward if eager_inference(x, weight, residual) else torch.ops.nxkernels.rms_norm_fwd
-    y, h, _ = forward(x, weight, residual, float(eps), chosen.name)
+    if eager_inference(x, weight, residual):
+        y, h = _inference_kernel(chosen)(x, weight, residual, float(eps))
+    else:
+        y, h, _ = torch.ops.nxkernels.rms_norm_fwd(x, weight, residual, float(eps), chosen.name)
     return y if residual is None else (y, h)
+
+
+RmsNormKernel = Callable[[Tensor, Tensor, "Tensor | None", float], "tuple[Tensor, Tensor | None]"]
+
+
+def rms_norm_inference_kernel(
+    x: Tensor, weight: Tensor, eps: float = 1e-6, *, residual: Tensor | None = None,
+    backend: str | None = None,
+) -> RmsNormKernel:
+    """The kernel ``rms_norm`` runs for an eager call without gradients, chosen for these arguments
+    (the same choice): ``kernel(x, weight, residual or None, eps) -> (y, h or None)`` on
+    ``[*batch, dim]`` input, ``h = x + residual``. No validation and no dispatch per call: for
+    callers that checked their arguments and call it many times (``nxcore.nn.forward_layers``)."""
+    _validate(x, weight, eps, residual)
+    return _inference_kernel(RMS_NORM.select(x, weight, eps, residual=residual, backend=backend))
+
+
+def _inference_kernel(chosen: Backend) -> RmsNormKernel:
+    """The backend's ``inference`` kernel, or its forward without the statistics."""
+    inference = chosen.load().get("inference")
+    if inference is not None:
+        return inference
+    kernel = _FORWARDS.get(chosen.name)
+    if kernel is None:
+        name = chosen.name
+
+        def kernel(x: Tensor, weight: Tensor, residual: Tensor | None, eps: float):
+            y, h, _ = _rms_norm_forward(x, weight, residual, eps, name)
+            return y, (None if residual is None else h)
+
+        _FORWARDS[name] = kernel
+    return kernel
+
+
+_FORWARDS: dict[str, RmsNormKernel] = {}

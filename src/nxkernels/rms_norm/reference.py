@@ -11,9 +11,15 @@ stream, as pre-norm decoder layers use them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rms_norm_backward_reference", "rms_norm_forward_reference", "rms_norm_reference"]
+__all__ = [
+    "rms_norm_backward_reference",
+    "rms_norm_forward_reference",
+    "rms_norm_inference_reference",
+    "rms_norm_reference",
+]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -64,4 +70,25 @@ def rms_norm_backward_reference(
     return dh.to(h.dtype), dw.to(weight.dtype)
 
 
-KERNELS = {"forward": rms_norm_forward_reference, "backward": rms_norm_backward_reference}
+def rms_norm_inference_reference(
+    x: Tensor, weight: Tensor, residual: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor | None]:
+    """Inference form on input of any shape (no statistics kept): ``(y, h or None)``, contiguous and
+    equal to the forward's. On CPU tensors ``F.rms_norm`` is ATen's composite of this file's ops in the same
+    order (upcast, ``pow(2).mean(-1) + eps``, ``rsqrt``, ``* weight``, cast back): one call instead of
+    ten, bit for bit the same (tested); elsewhere it may be a fused kernel that rounds differently,
+    so other devices run the forward's ops."""
+    h = x if residual is None else x + residual
+    if h.device.type == "cpu" and weight.dtype == h.dtype:
+        y = F.rms_norm(h, (h.shape[-1],), weight, eps).contiguous()
+    else:
+        shape = h.shape
+        y = rms_norm_forward_reference(h.reshape(-1, shape[-1]), weight, None, eps)[0].view(shape)
+    return y, (None if residual is None else h.contiguous())
+
+
+KERNELS = {
+    "forward": rms_norm_forward_reference,
+    "backward": rms_norm_backward_reference,
+    "inference": rms_norm_inference_reference,
+}

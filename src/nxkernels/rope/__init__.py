@@ -20,12 +20,17 @@ Backends, in priority order: ``triton`` (CUDA tensors; CPU tensors only when pin
 ``torch.library`` custom op ``nxkernels::rope``; its backward is the same op with ``inverse``
 flipped (the inverse rotation), so it traces under ``torch.compile`` and passes
 ``torch.library.opcheck``. Gradients flow to ``x`` only: ``positions`` and ``inv_freq`` are buffers.
+Eager calls that need no gradient skip the custom op and run the backend's ``inference`` kernel when
+it has one (the reference's memoises the cos / sin table per positions tensor: every layer of a
+model rotates to the same positions), else its forward.
 
 ``apply_rope_reference(x, cos, sin)`` with ``rope_cos_sin`` is the cos/sin form: the autograd
 oracle the backends are tested against.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
@@ -41,7 +46,15 @@ from nxkernels.rope.reference import (
 )
 from nxkernels.typecheck import typecheck
 
-__all__ = ["ROPE", "apply_rope", "apply_rope_qk", "apply_rope_reference", "rope_cos_sin", "rotate_half"]
+__all__ = [
+    "ROPE",
+    "apply_rope",
+    "apply_rope_qk",
+    "apply_rope_reference",
+    "rope_cos_sin",
+    "rope_inference_kernel",
+    "rotate_half",
+]
 
 _HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 TRITON_MAX_HEAD_DIM = 8192
@@ -188,8 +201,39 @@ def apply_rope(
     """
     sections = _validate(x, positions, inv_freq, sections)
     chosen = ROPE.select(x, positions, inv_freq, sections, backend=backend)
-    rope = _rope_forward if eager_inference(x) else torch.ops.nxkernels.rope
-    return rope(x, positions, inv_freq, list(sections), False, chosen.name)
+    if eager_inference(x):
+        return _rope_inference(x, positions, inv_freq, sections, chosen)
+    return torch.ops.nxkernels.rope(x, positions, inv_freq, list(sections), False, chosen.name)
+
+
+def _rope_inference(x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...],
+                    chosen: Backend) -> Tensor:
+    return _inference_kernel(chosen)(x, positions, inv_freq, sections)
+
+
+RopeKernel = Callable[[Tensor, Tensor, Tensor, "tuple[int, ...]"], Tensor]
+
+
+def rope_inference_kernel(
+    x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | None = None, *,
+    backend: str | None = None,
+) -> tuple[RopeKernel, tuple[int, ...]]:
+    """The kernel ``apply_rope`` runs for an eager call without gradients, chosen for these arguments,
+    and the resolved sections: ``kernel(x, positions, inv_freq, sections) -> rotated x``. No
+    validation and no dispatch per call: for callers that checked their arguments and call it many
+    times (``RoPE1D.rotation``)."""
+    sections = _validate(x, positions, inv_freq, sections)
+    return _inference_kernel(ROPE.select(x, positions, inv_freq, sections, backend=backend)), sections
+
+
+def _inference_kernel(chosen: Backend) -> RopeKernel:
+    """The backend's ``inference`` kernel when it has one, else its forward (no custom op)."""
+    kernels = chosen.load()
+    inference = kernels.get("inference")
+    if inference is not None:
+        return inference
+    forward = kernels["forward"]
+    return lambda x, positions, inv_freq, sections: forward(x, positions, inv_freq, list(sections))
 
 
 @typecheck
@@ -218,6 +262,8 @@ def apply_rope_qk(
     if k.dtype != q.dtype:
         raise TypeError(f"k has dtype {k.dtype} but q has {q.dtype}; cast it with .to(q.dtype)")
     chosen = ROPE.select(q, positions, inv_freq, sections, backend=backend)
+    if eager_inference(q, k):
+        return (_rope_inference(q, positions, inv_freq, sections, chosen),
+                _rope_inference(k, positions, inv_freq, sections, chosen))
     args = (positions, inv_freq, list(sections), False, chosen.name)
-    rope = _rope_forward if eager_inference(q, k) else torch.ops.nxkernels.rope
-    return rope(q, *args), rope(k, *args)
+    return torch.ops.nxkernels.rope(q, *args), torch.ops.nxkernels.rope(k, *args)

@@ -41,6 +41,7 @@ __all__ = [
     "rope_backward_reference",
     "rope_cos_sin",
     "rope_forward_reference",
+    "rope_inference_reference",
     "rope_reference_from_positions",
     "rotate_half",
 ]
@@ -212,4 +213,53 @@ def rope_backward_reference(
     return apply_rope_reference(dy, cos, -sin).contiguous()
 
 
-KERNELS = {"forward": rope_forward_reference, "backward": rope_backward_reference}
+_TABLES: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+_MAX_TABLES = 8
+
+
+def _rotation_table(
+    positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...], compute: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` with its first half negated ([seq, head_dim], ``compute`` dtype), memoised
+    per (positions, inv_freq) tensor and version: every layer of a model rotates to the same
+    positions. The memo holds the tensors it was built from (so their ids stay theirs) and at most
+    ``_MAX_TABLES`` entries; inference tensors (no version counter) are not memoised."""
+    memo = not (positions.is_inference() or inv_freq.is_inference())
+    if memo:
+        key = (id(positions), positions._version, id(inv_freq), inv_freq._version, sections, compute)
+        hit = _TABLES.get(key)
+        if hit is not None:
+            return hit[2], hit[3]
+    cos, sin = rope_cos_sin(positions, inv_freq, sections)
+    cos, sin = cos.to(compute), sin.to(compute)
+    first, second = sin.chunk(2, dim=-1)
+    signed = torch.cat((-first, second), dim=-1)
+    if memo:
+        if len(_TABLES) >= _MAX_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = (positions, inv_freq, cos, signed)
+    return cos, signed
+
+
+def rope_inference_reference(
+    x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...]
+) -> Tensor:
+    """Inference form of ``rope_forward_reference``, bit for bit (tested): the cos / sin table is
+    memoised (``_rotation_table``) and ``rotate_half(x) * sin`` is computed as ``roll(x) * sin`` with
+    the sign moved into the table (``-x2 * s == x2 * -s`` exactly). Not for autograd."""
+    dtype = x.dtype
+    if dtype == torch.float32 or dtype == torch.float64:  # the math dtype already: no casts
+        cos, signed = _rotation_table(positions, inv_freq, tuple(sections), dtype)
+        return (x * cos + x.roll(x.shape[-1] // 2, -1) * signed).contiguous()
+    compute = _compute_dtype(dtype)
+    cos, signed = _rotation_table(positions, inv_freq, tuple(sections), compute)
+    xf = x.to(compute)
+    out = xf * cos + xf.roll(x.shape[-1] // 2, -1) * signed
+    return out.to(dtype).contiguous()
+
+
+KERNELS = {
+    "forward": rope_forward_reference,
+    "backward": rope_backward_reference,
+    "inference": rope_inference_reference,
+}

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -74,6 +75,7 @@ __all__ = [
     "attention_math",
     "bottom_right_mask",
     "decode_attention",
+    "decode_attention_kernel",
     "decode_attention_reference",
     "scale_attention",
     "scale_attention_reference",
@@ -286,3 +288,13 @@ def decode_attention(
         )
     chosen = DECODE_ATTENTION.select(q, k_cache, v_cache, backend=backend)
     return chosen.load()(q, k_cache, v_cache, causal, scale)
+
+
+def decode_attention_kernel(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, *, backend: str | None = None
+) -> Callable[[Tensor, Tensor, Tensor, bool, float | None], Tensor]:
+    """The kernel ``decode_attention`` runs for these arguments: ``kernel(q, k_cache, v_cache, causal,
+    scale)``. No validation and no dispatch per call: for callers that checked their arguments and
+    call it many times (``nxcore.nn.forward_layers``)."""
+    _check_tensors(("q", "k_cache", "v_cache"), q, k_cache, v_cache)
+    return DECODE_ATTENTION.select(q, k_cache, v_cache, backend=backend).load()

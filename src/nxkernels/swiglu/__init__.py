@@ -16,6 +16,8 @@ Shape legend:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -24,7 +26,7 @@ from nxkernels.dispatch import Backend, Op, eager_inference, triton_reasons
 from nxkernels.swiglu.reference import check_swiglu_inputs, swiglu_reference
 from nxkernels.typecheck import typecheck
 
-__all__ = ["SWIGLU", "swiglu", "swiglu_reference"]
+__all__ = ["SWIGLU", "swiglu", "swiglu_inference_kernel", "swiglu_reference"]
 
 _HALF_AND_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 _ALL = (*_HALF_AND_FLOAT, torch.float64)
@@ -115,5 +117,31 @@ def swiglu(
     """
     check_swiglu_inputs(gate, up)
     chosen = SWIGLU.select(gate, up, backend=backend)
-    forward = _swiglu_forward if eager_inference(gate, up) else torch.ops.nxkernels.swiglu_fwd
-    return forward(gate, up, chosen.name)
+    if eager_inference(gate, up):
+        return _inference_kernel(chosen)(gate, up)
+    return torch.ops.nxkernels.swiglu_fwd(gate, up, chosen.name)
+
+
+def swiglu_inference_kernel(gate: Tensor, up: Tensor, *, backend: str | None = None) -> Callable[
+    [Tensor, Tensor], Tensor
+]:
+    """The kernel ``swiglu`` runs for an eager call without gradients, chosen for these arguments:
+    ``kernel(gate, up) -> silu(gate) * up`` (contiguous). No validation and no dispatch per call: for
+    callers that checked their arguments and call it many times (``nxcore.nn.forward_layers``)."""
+    check_swiglu_inputs(gate, up)
+    return _inference_kernel(SWIGLU.select(gate, up, backend=backend))
+
+
+def _inference_kernel(chosen: Backend) -> Callable[[Tensor, Tensor], Tensor]:
+    kernel = _KERNELS.get(chosen.name)
+    if kernel is None:
+        forward = chosen.load()["forward"]
+
+        def kernel(gate: Tensor, up: Tensor) -> Tensor:
+            return forward(gate, up).contiguous()
+
+        _KERNELS[chosen.name] = kernel
+    return kernel
+
+
+_KERNELS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}

@@ -54,6 +54,9 @@ def check_swiglu_inputs(gate: object, up: object) -> None:
         raise ValueError(f"gate is on {gate.device} but up is on {up.device}; move one with .to()")
 
 
+_NATIVE = (torch.float32, torch.float64)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
@@ -71,6 +74,8 @@ def swiglu_reference(
 
 def swiglu_forward_reference(gate: Tensor, up: Tensor) -> Tensor:
     """Backend form (any shape, ``gate.shape == up.shape``): ``silu(gate) * up`` in gate's dtype."""
+    if gate.dtype in _NATIVE:  # the math dtype already: no casts
+        return torch.nn.functional.silu(gate) * up
     compute = _compute_dtype(gate.dtype)
     return (torch.nn.functional.silu(gate.to(compute)) * up.to(compute)).to(gate.dtype)
 

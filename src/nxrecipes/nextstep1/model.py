@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from nxcore.checks import check_tensor
 from nxcore.head import IGNORE_INDEX
-from nxcore.nn import KVCache, RMSNorm
+from nxcore.nn import KVCache, RMSNorm, forward_layers
 from nxcore.typing import Bool, Float, Int, typecheck
 from nxkernels.linear_cross_entropy import linear_cross_entropy
 from nxrecipes.nextstep1.config import NextStep1Config
@@ -211,10 +211,8 @@ class NextStep1(nn.Module):
             )
         pos = self._positions(positions, batch, seq, past, x.device)
         mask = self._mask(attention_mask, batch, seq, past, x.device)
-        m, h = x, torch.zeros_like(x)
-        for i, layer in enumerate(self.layers):
-            cache = None if caches is None else caches[i]
-            m, h = layer(m, pos, residual=h, cache=cache, attn_mask=mask, is_causal=mask is None)
+        m, h = forward_layers(self.layers, x, pos, residual=torch.zeros_like(x), attn_mask=mask,
+                              is_causal=mask is None, caches=caches)
         out, _ = self.norm(m, residual=h)
         return out
 
@@ -267,6 +265,10 @@ class NextStep1(nn.Module):
             )
         if bool(attention_mask.all()):
             return None
+        if seq == 1:  # one decode step: causality allows every key, and the query sees itself
+            allowed = attention_mask.clone()
+            allowed[:, past] = True
+            return allowed[:, None, None]
         keys = torch.arange(kv, device=device)
         queries = keys[past:, None]
         allowed = (keys[None] <= queries)[None] & (attention_mask[:, None] | (keys[None] == queries)[None])

@@ -102,3 +102,29 @@ def test_apply_rejects_mismatched_inputs():
 def test_positions_on_a_device():
     pos = RoPE1D(head_dim=2).positions(SequenceLayout.of(TextSpan(3)), device="meta")
     assert pos.device.type == "meta" and pos.shape == (3, 1)
+
+
+def test_inv_freq_fast_path_still_refuses_what_validation_refuses():
+    assert rope_inv_freq(8, 1) is rope_inv_freq(8, 1)  # memoised (validated once)
+    with pytest.raises(ValueError, match=r"theta must be a finite number > 0.*got True"):
+        rope_inv_freq(8, True)  # True == 1 must not hit the memo of theta = 1
+
+
+def test_a_prepared_rotation_is_apply_and_steps_aside_for_autograd():
+    from nxcore.position import MultiscaleRoPE3D, Rotation
+
+    g = torch.Generator().manual_seed(0)
+    for enc, axes in ((RoPE1D(head_dim=8, theta=100.0), 1), (MultiscaleRoPE3D(head_dim=8, theta=100.0), 3)):
+        pos = 5 * torch.rand(6, axes, generator=g)
+        rotation = enc.rotation(pos)
+        assert isinstance(rotation, Rotation)
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(2, 3, 6, 8, generator=g).to(dtype)
+            with torch.no_grad():
+                assert torch.equal(rotation(x), enc.apply(x, pos))
+                assert torch.equal(rotation(x[:1]), enc.apply(x[:1], pos))  # another batch: same kernel
+        x = torch.randn(2, 6, 8, requires_grad=True)
+        rotation(x).sum().backward()  # with gradients: through apply (the custom op)
+        assert x.grad is not None
+        with torch.no_grad(), pytest.raises(ValueError, match="x must be"):
+            rotation(torch.randn(2, 6, 4))

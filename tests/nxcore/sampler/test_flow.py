@@ -364,3 +364,57 @@ def test_fields_with_at_time_get_the_scalar_time():
         x = x - x * (t_next - t)
     torch.testing.assert_close(out, x)
     assert sampler.steps() is not sampler.steps() and sampler.steps() == sampler.steps()  # cached, copied
+
+
+class _ExpectingField(_ScalarTimeField):
+    """A field told its evaluation times before the first evaluation (``expect_times``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.expected = []
+
+    def expect_times(self, times):
+        assert not self.times, "expect_times must come before the first evaluation"
+        self.expected.append(times)
+
+
+@pytest.mark.parametrize("method", ["ode", "sde"])
+def test_fields_are_told_their_evaluation_times_once_per_sample(method):
+    cond, uncond = _ExpectingField(), _ExpectingField()
+    sampler = FlowSampler(num_steps=4, method=method, timesteps="nextstep1", guidance=2.0)
+    sampler.sample(cond, [uncond], generator=gen(0))
+    for field in (cond, uncond):  # not joinable: each field on its own
+        assert field.expected == [sampler.evaluation_times] and field.times == list(sampler.evaluation_times)
+
+
+def test_a_branch_of_weight_zero_is_left_out_of_the_step():
+    """``w = 1``: the guided velocity is the conditional one; a NaN in the unconditional branch must not
+    reach the sample (0 * NaN is NaN, so the branch is dropped rather than weighted by 0)."""
+    nan = constant_field(float("nan"))
+    for method in ("ode", "sde"):
+        sampler = FlowSampler(num_steps=3, method=method, guidance=1.0)
+        guided = sampler.sample(constant_field(0.5), [nan], generator=gen(3))
+        plain = sampler.sample(constant_field(0.5), generator=gen(3))
+        torch.testing.assert_close(guided, plain, atol=1e-6, rtol=1e-6)
+        with pytest.raises(ValueError, match="velocity of uncond.0. contains NaN"):
+            FlowSampler(num_steps=3, method=method, guidance=2.0).sample(constant_field(0.5), [nan],
+                                                                         generator=gen(3))
+
+
+def test_the_guided_step_equals_the_textbook_update():
+    """The step folds the guidance weights into its coefficients; it equals forming v first."""
+    c, u1, u2 = (CallableField(lambda x, t, k=k: torch.sin(x * k + t[:, None]), SHAPE) for k in (1.0, 2.0, 3.0))
+    sampler = FlowSampler(num_steps=5, method="sde", timesteps="nextstep1", guidance=3.0, image_guidance=1.5)
+    got = sampler.sample(c, [u1, u2], generator=gen(4))
+    g = gen(4)
+    x = torch.randn(SHAPE, generator=g, dtype=torch.float32)
+    for t, t_next, stochastic in sampler.steps():
+        tt = torch.full((SHAPE[0],), t)
+        vc, v1, v2 = c(x, tt), u1(x, tt), u2(x, tt)
+        v = vc + 2.0 * (vc - v1) + 0.5 * (v1 - v2)
+        dt = t_next - t
+        if stochastic:
+            x = x + dt * ((1 + t) * v - x) + (2 * (1 - t) * dt) ** 0.5 * torch.randn(SHAPE, generator=g)
+        else:
+            x = x + dt * v
+    torch.testing.assert_close(got, x, atol=1e-5, rtol=1e-5)

