@@ -50,6 +50,11 @@ class _WrongLogitShape(_MeanInsteadOfWeightedMean):
         return self.proj(hidden)[:, :-1]
 
 
+class _RangeOffByOne(_MeanInsteadOfWeightedMean):
+    def predict_range(self, hidden, start, stop):
+        return self.proj(hidden)[:, max(start - 1, 0) : max(stop - 1, 1)]
+
+
 @pytest.mark.parametrize(
     ("head", "message"),
     [
@@ -57,6 +62,7 @@ class _WrongLogitShape(_MeanInsteadOfWeightedMean):
         (_SumReduction(), "sum\\(w\\*l\\)/sum\\(w\\)"),
         (_NaNWhenAllIgnored(), "every row ignored"),
         (_WrongLogitShape(), "predict must return logits"),
+        (_RangeOffByOne(), "predict_range"),
         (object(), "does not implement OutputHead"),
     ],
 )

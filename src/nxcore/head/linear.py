@@ -11,6 +11,7 @@ from __future__ import annotations
 import attrs
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nxcore.checks import check_tensor
 from nxcore.config import Config, config, positive
@@ -20,6 +21,19 @@ from nxcore.typing import Float, Int, typecheck
 from nxkernels.linear_cross_entropy import linear_cross_entropy
 
 __all__ = ["LinearHead", "LinearHeadConfig", "SplitHead", "SplitHeadConfig"]
+
+
+def check_range(head: DiscreteHead, start: object, stop: object) -> tuple[int, int]:
+    """``(start, stop)`` as ints after checking ``0 <= start < stop <= head.vocab_size``."""
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int id, got {type(value).__name__} {value!r}")
+    if not 0 <= start < stop <= head.vocab_size:
+        raise ValueError(
+            f"the id range [{start}, {stop}) is not a non-empty range inside [0, {head.vocab_size}); "
+            "pass 0 <= start < stop <= vocab_size"
+        )
+    return start, stop
 
 
 def _check_inputs(head: DiscreteHead, hidden: Tensor, targets: Tensor) -> None:
@@ -63,6 +77,14 @@ class LinearHead(nn.Module, DiscreteHead):
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> Float[Tensor, "tokens vocab"]:
         check_tensor("hidden", hidden, ndim=2, kind="float")
         return self.proj(hidden)
+
+    @typecheck
+    def predict_range(self, hidden: Float[Tensor, "tokens dim"], start: int, stop: int
+                      ) -> Float[Tensor, "tokens ids"]:
+        check_tensor("hidden", hidden, ndim=2, kind="float")
+        start, stop = check_range(self, start, stop)
+        bias = None if self.proj.bias is None else self.proj.bias[start:stop]
+        return F.linear(hidden, self.proj.weight[start:stop], bias)
 
     @typecheck
     def loss(
@@ -116,6 +138,19 @@ class SplitHead(nn.Module, DiscreteHead):
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> Float[Tensor, "tokens vocab"]:
         check_tensor("hidden", hidden, ndim=2, kind="float")
         return torch.cat([head(hidden) for head in self.heads], dim=-1)
+
+    @typecheck
+    def predict_range(self, hidden: Float[Tensor, "tokens dim"], start: int, stop: int
+                      ) -> Float[Tensor, "tokens ids"]:
+        check_tensor("hidden", hidden, ndim=2, kind="float")
+        start, stop = check_range(self, start, stop)
+        parts = []
+        for first, head in zip(self.range_starts, self.heads, strict=True):
+            lo, hi = max(start, first), min(stop, first + head.out_features)
+            if lo < hi:
+                bias = None if head.bias is None else head.bias[lo - first : hi - first]
+                parts.append(F.linear(hidden, head.weight[lo - first : hi - first], bias))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     @typecheck
     def loss(

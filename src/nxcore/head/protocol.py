@@ -2,9 +2,12 @@
 
 Rows are flat: ``hidden`` is [tokens, dim] (select the positions that carry a prediction first).
 
-- ``DiscreteHead``: ``predict`` returns logits [tokens, vocab]; ``loss`` takes integer targets
-  [tokens] (``ignore_index`` rows carry no loss). Reference: ``LinearHead`` (one shared
-  unified-vocabulary projection), ``SplitHead`` (separate text and image projections).
+- ``DiscreteHead``: ``predict`` returns logits [tokens, vocab]; ``predict_range(hidden, start,
+  stop)`` the logits of ids ``start .. stop`` only (equal to ``predict(hidden)[:, start:stop]``,
+  without computing the others: image steps need the visual codes, not the whole unified
+  vocabulary); ``loss`` takes integer targets [tokens] (``ignore_index`` rows carry no loss).
+  Reference: ``LinearHead`` (one shared unified-vocabulary projection), ``SplitHead`` (separate
+  text and image projections).
 - ``ContinuousHead``: ``predict`` returns a ``VelocityField`` over latents [tokens, latent_dim] that a
   ``LatentSampler`` integrates; ``loss`` takes target latents [tokens, latent_dim]. Reference: the
   NextStep-1 flow-matching MLP-AdaLN head (``nxrecipes.nextstep1``).
@@ -71,6 +74,13 @@ class DiscreteHead(OutputHead, Protocol):
     ) -> Float[Tensor, ""]: ...
 
     def predict(self, hidden: Float[Tensor, "tokens dim"]) -> Float[Tensor, "tokens vocab"]: ...
+
+    def predict_range(
+        self, hidden: Float[Tensor, "tokens dim"], start: int, stop: int
+    ) -> Float[Tensor, "tokens ids"]:
+        """Logits of ids ``start .. stop``. This default slices ``predict``; heads that subclass
+        ``DiscreteHead`` override it to compute only those ids."""
+        return self.predict(hidden)[:, start:stop]
 
 
 @runtime_checkable

@@ -29,8 +29,12 @@ def _targets(head: OutputHead, rows: int, gen: torch.Generator, like: Tensor) ->
 
 
 def _close(a: Tensor, b: Tensor, what: str, tol: float = 1e-4) -> None:
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}")
     if not torch.allclose(a.float(), b.float(), rtol=tol, atol=tol):
-        raise AssertionError(f"{what}: {a.item():.6g} != {b.item():.6g}")
+        if a.numel() == 1:
+            raise AssertionError(f"{what}: {a.item():.6g} != {b.item():.6g}")
+        raise AssertionError(f"{what}: max difference {(a.float() - b.float()).abs().max().item():.3g}")
 
 
 def check_output_head(head: OutputHead, *, rows: int = 7, seed: int = 0) -> None:
@@ -55,6 +59,10 @@ def check_output_head(head: OutputHead, *, rows: int = 7, seed: int = 0) -> None
             )
         if not torch.isfinite(pred).all():
             raise AssertionError("predict returned non-finite logits for finite hidden states")
+        v = head.vocab_size
+        for start, stop in {(0, v), (0, 1), (v - 1, v), (v // 3, max(v // 3 + 1, 2 * v // 3))}:
+            _close(head.predict_range(hidden, start, stop), pred[:, start:stop],
+                   f"predict_range(hidden, {start}, {stop}) != predict(hidden)[:, {start}:{stop}]")
     else:
         if not isinstance(pred, VelocityField) or tuple(pred.shape) != (rows, head.latent_dim):
             raise AssertionError(

@@ -182,7 +182,7 @@ class Session:
                 layout = SequenceLayout((*segs, segment))
                 start = layout.length - _length(segment) + offset
                 done[key] = (model.rope.positions(layout, device=device)[start : start + count],
-                             model.additive(layout)[start : start + count])
+                             model.additive(layout, start, start + count))
             positions.append(done[key][0])
             extra.append(done[key][1])
         return torch.stack(positions), torch.stack(extra)
@@ -277,15 +277,14 @@ def generate_image_codes(
     batch = len(prompts)
     total = sum(h * w for h, w in steps)
     session = Session(model, rows, extra=total)
-    lo, hi = model.vocabulary.code_range
     codes: list[Tensor] = []
     kept: list[Tensor] = []
     scores: list[Tensor] = []
     for k, (h, w) in enumerate(tqdm(steps, desc="scales", disable=not progress, leave=False)):
-        logits = model.logits(session.image_step(k, schedule, codes))[..., lo:hi]
+        logits = model.code_logits(session.image_step(k, schedule, codes))
         cond = logits[:batch]
-        un = [logits[batch:].reshape(-1, hi - lo)] if guided else []
-        flat = cond.reshape(-1, hi - lo)
+        un = [logits[batch:].flatten(0, 1)] if guided else []
+        flat = cond.flatten(0, 1)
         sampled = sampling.sampler(k, len(steps)).sample(
             flat, un, step=k, num_steps=len(steps), generator=generator
         ).view(batch, h, w)
@@ -373,7 +372,6 @@ def interleave(
     session = Session(model, [prompt], extra=text.max_tokens + max_images * (total + 1))
     pieces: list[list[int] | list[Tensor]] = []
     current: list[int] = []
-    lo, hi = vocab.code_range
     images = 0
     for _ in range(text.max_tokens):
         token = int(text.sample(_text_logits(model, session.last[:, 0]), generator)[0])
@@ -383,7 +381,7 @@ def interleave(
                 current = []
             codes: list[Tensor] = []
             for k, (h, w) in enumerate(schedule.steps):
-                logits = model.logits(session.image_step(k, schedule, codes))[..., lo:hi]
+                logits = model.code_logits(session.image_step(k, schedule, codes))
                 sampler = image.sampler(k, len(schedule.steps))
                 codes.append(sampler.sample(logits[0], generator=generator).view(1, h, w))
             pieces.append(codes)

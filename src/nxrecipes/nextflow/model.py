@@ -138,10 +138,11 @@ class NextFlow(nn.Module):
             parts += [m.flatten(2).transpose(1, 2).to(boi.dtype) for m in maps]
         return torch.cat(parts, dim=1)
 
-    def additive(self, layout: SequenceLayout) -> Tensor:
-        """[layout.length, dim]: scale embedding + projected scale-length embedding (0 on text)."""
-        length = self.scale_length(layout).to(self.embed_tokens.weight.dtype)
-        return self.scale_embed(layout) + self.scale_length_proj(length)
+    def additive(self, layout: SequenceLayout, start: int = 0, stop: int | None = None) -> Tensor:
+        """[stop - start, dim]: scale embedding + projected scale-length embedding (0 on text) of
+        positions ``start .. stop`` of ``layout`` (all of it by default)."""
+        length = self.scale_length(layout)[start:stop].to(self.embed_tokens.weight.dtype)
+        return self.scale_embed(layout)[start:stop] + self.scale_length_proj(length)
 
     def embed(self, ids: Tensor, layouts: Sequence[SequenceLayout], images: Sequence[ImageGroup]) -> Tensor:
         """[batch, seq, dim] input embeddings of right-padded rows (``Batch`` conventions)."""
@@ -195,6 +196,14 @@ class NextFlow(nn.Module):
         """[..., vocab] float32 logits, padding ids at -inf."""
         flat = self.head.predict(hidden.reshape(-1, hidden.shape[-1])).float()
         flat = flat.masked_fill(~self.valid, float("-inf"))
+        return flat.reshape(*hidden.shape[:-1], -1)
+
+    def code_logits(self, hidden: Tensor) -> Tensor:
+        """[..., codes] float32 logits of the visual codes only, equal to ``logits(hidden)[..., lo:hi]``
+        over ``vocabulary.code_range`` without the text rows of the head (image steps sample codes
+        only; at 7B the text rows are 90% of the head)."""
+        lo, hi = self.vocabulary.code_range
+        flat = self.head.predict_range(hidden.reshape(-1, hidden.shape[-1]), lo, hi).float()
         return flat.reshape(*hidden.shape[:-1], -1)
 
     # --- training -------------------------------------------------------------------------------

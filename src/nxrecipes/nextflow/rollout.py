@@ -133,12 +133,11 @@ def policy_log_probs(model: NextFlow, rollout: Rollout, scales: int) -> Tensor:
     hidden = model.run_layers(x[:, :end], positions[:, :end], attn_mask=mask[:, :, :end, :end])
     index = starts[:, None] + torch.arange(sum(sizes), device=device)
     picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-    lo, hi = model.vocabulary.code_range
-    logits = model.logits(picked)[..., lo:hi]
+    logits = model.code_logits(picked)
     out, offset = [], 0
     for k, size in enumerate(sizes):
         part = logits[:, offset : offset + size]
-        cond, un = part[:n].reshape(-1, hi - lo), [part[n:].reshape(-1, hi - lo)] if guided else []
+        cond, un = part[:n].flatten(0, 1), [part[n:].flatten(0, 1)] if guided else []
         dist = rollout.sampling.policy(k, len(steps)).log_probs(cond, un, step=k, num_steps=len(steps))
         out.append(dist.gather(1, rollout.codes[k].reshape(-1, 1).to(device)).view(n, size))
         offset += size

@@ -63,3 +63,20 @@ def test_bad_inputs(hidden, targets, weights, error, message):
 def test_split_head_rejects_empty_ranges():
     with pytest.raises(ValueError, match=r"range_sizes must be one or more sizes >= 1, got \(3, 0\)"):
         SplitHead(4, (3, 0))
+
+
+@pytest.mark.parametrize("start,stop", [(0, 23), (23, 34), (20, 26), (5, 6), (0, 34)])
+def test_split_head_predict_range_crosses_ranges(start, stop):
+    head = SplitHead(16, (23, 11), bias=True)
+    hidden = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(head.predict_range(hidden, start, stop), head.predict(hidden)[:, start:stop])
+
+
+@pytest.mark.parametrize(
+    "start,stop,error,message",
+    [(3, 3, ValueError, r"\[3, 3\)"), (-1, 4, ValueError, "0 <= start"), (0, 38, ValueError, "vocab_size"),
+     (0.5, 4, TypeError, "start must be an int")],
+)
+def test_predict_range_rejects_bad_ranges(start, stop, error, message):
+    with pytest.raises(error, match=message):
+        LinearHead(16, 37).predict_range(torch.zeros(2, 16), start, stop)
