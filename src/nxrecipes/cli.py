@@ -7,6 +7,7 @@
     nx eval --images DIR --prompts JSONL  ShapeEval scores: a table, and JSON with --json
     nx demo [--out DIR]                   what `make demo` runs
     nx plot RUN [RUN ...] [--out PNG]     PNG curves of training metrics (one run, or overlaid)
+    nx flops [--per-scale 1024] [--check] FLOPs: NextFlow vs a diffusion transformer (paper A.2)
     nx tokenizer train|eval|reconstruct   train a tiny image tokenizer, score it, show reconstructions
     nx data extract --tokenizer DIR --out DIR   per-scale indices of a dataset, sharded on disk
     nx nextflow train|generate|edit|caption|eval   NextFlow on ShapeWorld (nxrecipes/nextflow/cli.py)
@@ -21,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from nxrecipes.eval.flops_cli import add_flops_command
 from nxrecipes.nextflow.cli import add_nextflow_commands
 from nxrecipes.nextstep1.cli import add_nextstep1_commands
 from nxrecipes.tokenizer.cli import add_extract_command, add_tokenizer_commands
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.set_defaults(run=cmd_plot)
 
+    add_flops_command(commands)
     add_tokenizer_commands(commands)
     add_nextflow_commands(commands)
     add_nextstep1_commands(commands)
