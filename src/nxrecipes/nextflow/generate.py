@@ -249,9 +249,12 @@ def generate_image_codes(
     keep_logits: bool = False,
     keep_log_probs: bool = False,
     progress: bool = False,
+    on_forward: Callable[[str], None] | None = None,
 ) -> ImageGeneration:
     """One image per prompt, scale by scale over a KV cache (module docstring). ``uncond``: one
-    unconditional prompt per prompt, needed when ``sampling.cfg`` guides any scale."""
+    unconditional prompt per prompt, needed when ``sampling.cfg`` guides any scale. ``on_forward``
+    is called with ``"prompt"`` after the prefill and ``"scale k"`` once scale k is sampled (the
+    latency harness times the steps with it)."""
     sampling = sampling or ImageSampling()
     if not isinstance(schedule, ScaleSchedule):
         raise TypeError(f"schedule must be a ScaleSchedule, got {type(schedule).__name__}")
@@ -277,6 +280,8 @@ def generate_image_codes(
     batch = len(prompts)
     total = sum(h * w for h, w in steps)
     session = Session(model, rows, extra=total)
+    mark = on_forward or (lambda name: None)
+    mark("prompt")
     codes: list[Tensor] = []
     kept: list[Tensor] = []
     scores: list[Tensor] = []
@@ -289,6 +294,7 @@ def generate_image_codes(
             flat, un, step=k, num_steps=len(steps), generator=generator
         ).view(batch, h, w)
         codes.append(torch.cat([sampled, sampled]) if guided else sampled)
+        mark(f"scale {k}")
         if keep_logits:
             kept.append(cond)
         if keep_log_probs:

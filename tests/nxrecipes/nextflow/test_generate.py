@@ -135,3 +135,9 @@ def test_bad_requests(world):
         generate_image_codes(model, [long], world.schedule)
     with pytest.raises(ValueError, match="max_scales = 18"):
         generate_image_codes(model, one, Schedule(tuple((1, 1) for _ in range(19))))
+
+
+def test_on_forward_marks_the_prefill_then_every_scale_in_order(world):
+    names = []
+    generate_image_codes(world.model(), [prompt(world, PROMPTS[0])], world.schedule, on_forward=names.append)
+    assert names == ["prompt"] + [f"scale {k}" for k in range(world.schedule.num_steps)]
