@@ -153,6 +153,7 @@ class Session:
         index = torch.tensor([max(n - 1, 0) for n in lengths], device=device)
         self.last = hidden[torch.arange(rows, device=device), index][:, None]  # [batch, 1, dim]
         self.length = seq
+        self._whole: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     @property
     def rows(self) -> int:
@@ -171,21 +172,30 @@ class Session:
 
     def _slice(self, segment, offset: int, count: int) -> tuple[Tensor, Tensor]:
         """RoPE positions [batch, count, 3] and additive embeddings [batch, count, dim] of tokens
-        ``offset .. offset + count`` of ``segment`` appended to every row."""
+        ``offset .. offset + count`` of ``segment`` appended to every row. An image's are computed
+        once for the whole image at its first step (``_whole``), and sliced at every step."""
         model = self.model
         device = model.embed_tokens.weight.device
         positions, extra = [], []
+        whole = isinstance(segment, DiscreteImage)
         done: dict[tuple, tuple[Tensor, Tensor]] = {}  # rows of one layout (a group of samples) share it
         for segs in self.segments:
-            key = tuple(segs)
+            key = (tuple(segs), segment)
+            if whole and key not in self._whole:
+                self._whole[key] = self._positions_and_additive(segs, segment, 0, _length(segment))
             if key not in done:
-                layout = SequenceLayout((*segs, segment))
-                start = layout.length - _length(segment) + offset
-                done[key] = (model.rope.positions(layout, device=device)[start : start + count],
-                             model.additive(layout, start, start + count))
+                done[key] = (tuple(t[offset : offset + count] for t in self._whole[key]) if whole
+                             else self._positions_and_additive(segs, segment, offset, count))
             positions.append(done[key][0])
             extra.append(done[key][1])
         return torch.stack(positions), torch.stack(extra)
+
+    def _positions_and_additive(self, segs, segment, offset: int, count: int) -> tuple[Tensor, Tensor]:
+        model = self.model
+        layout = SequenceLayout((*segs, segment))
+        start = layout.length - _length(segment) + offset
+        positions = model.rope.positions(layout, device=model.embed_tokens.weight.device)
+        return positions[start : start + count], model.additive(layout, start, start + count)
 
     def image_step(self, step: int, schedule: ScaleSchedule, codes: Sequence[Tensor]) -> Tensor:
         """Hidden states [batch, h·w, dim] of scale ``step``, given the codes of the scales before
@@ -198,12 +208,13 @@ class Session:
             boi = model.embed_tokens.weight[model.vocabulary.special_id("<boi>")]
             x = boi.expand(self.rows, h * w, -1)
         else:
-            x = model.image_inputs(codes[:step], schedule)[step - 1].flatten(2).transpose(1, 2)
+            x = model.step_input(codes[:step], schedule).flatten(2).transpose(1, 2)
         positions, extra = self._slice(DiscreteImage(schedule), offset, h * w)
         hidden = self._append(x.to(extra.dtype) + extra, positions)
         if step == len(steps) - 1:
             for segs in self.segments:
                 segs.append(DiscreteImage(schedule))
+            self._whole.clear()
         return hidden
 
     def text_step(self, ids: Tensor) -> Tensor:

@@ -126,6 +126,16 @@ class NextFlow(nn.Module):
         return next_scale_inputs([stream], list(codes), as_steps(schedule), mode=mode or c.inputs,
                                  down=c.down, up=c.up)
 
+    def step_input(self, codes: Sequence[Tensor], schedule: ScaleSchedule) -> Tensor:
+        """The [images, dim, h, w] input of step ``len(codes)`` (>= 1) given the codes of the steps
+        before: ``image_inputs(codes, schedule)[-1]``, from the last step's codes alone when the
+        inputs are residual (KV-cached generation needs one step's input at a time)."""
+        if self.config.inputs != "residual":
+            return self.image_inputs(codes, schedule)[-1]
+        steps = as_steps(schedule)
+        k = len(codes)
+        return self.image_inputs([codes[-1]], steps[k - 1 : k + 1])[0]
+
     def image_embeddings(self, group: ImageGroup) -> Tensor:
         """[images, tokens, dim]: every position of the group's images (``<boi>`` on step 0)."""
         steps = tuple(group.schedule.steps)

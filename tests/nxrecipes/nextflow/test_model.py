@@ -57,6 +57,22 @@ def test_residual_and_accumulated_inputs_differ_after_the_first_step(world):
     assert not torch.allclose(res[1], acc[1])
 
 
+@pytest.mark.parametrize("mode", ["residual", "accumulated"])
+def test_step_input_is_the_last_of_the_image_inputs(world, mode):
+    model = world.model(inputs=mode)
+    codes = world.codes(2, seed=3)
+    for k in range(1, world.schedule.num_steps):
+        torch.testing.assert_close(model.step_input(codes[:k], world.schedule),
+                                   model.image_inputs(codes[:k], world.schedule)[-1])
+
+
+def test_code_logits_are_the_code_columns_of_the_logits(world):
+    model = world.model()
+    hidden = torch.randn(2, 3, model.dim, generator=torch.Generator().manual_seed(0))
+    lo, hi = world.vocab.code_range
+    torch.testing.assert_close(model.code_logits(hidden), model.logits(hidden)[..., lo:hi])
+
+
 def test_loss_trains_and_reports_per_scale_metrics(world):
     model = world.model().train()
     batch = collate([example(world, world.codes(2), i) for i in range(2)], world.vocab)
