@@ -36,22 +36,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _configs(name: str):
+def _configs(name: str, layers: int | None = None):
     """(model config, tokenizer config) of ``name``: "7b" (TokenFlow-sized tokenizer, 16384 codes)
-    or "tiny" (the CPU-sized pair)."""
+    or "tiny" (the CPU-sized pair); ``layers`` overrides the depth (a 7B-wide smoke test on CPU)."""
+    depth = {} if layers is None else {"num_layers": layers}
     if name == "7b":
-        model = nextflow_7b()
+        model = nextflow_7b(**depth)
         return model, tokenflow_like(codebook_size=model.vocabulary.codebook_size)
     tokenizer = dual_tiny()
     vocab = Vocabulary(text_size=300, codebook_size=tokenizer.codebook_size, pad_to_multiple_of=8,
                        text_specials=(("<pad>", 0), ("<boi>", 1), ("<eoi>", 2)))
-    return nextflow_tiny(vocab, tokenizer.code_dim), tokenizer
+    return nextflow_tiny(vocab, tokenizer.code_dim, **depth), tokenizer
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    model_cfg, tok_cfg = _configs(args.model)
+    model_cfg, tok_cfg = _configs(args.model, args.layers)
     model = random_nextflow(model_cfg, device=device, dtype=dtype)
     tokenizer = random_tokenizer(tok_cfg, device=device, dtype=dtype)
     if args.compile:
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> dict:
             reports.append({"level": level, **report})
             print(f"level {level} batch {batch}: {report['seconds']['per_image']:.4g} s/image, "
                   f"{report['ratio_to_floor']:.3g}x the roofline floor, MFU {report['mfu']:.3g}", flush=True)
-    return {"model": args.model, "compile": args.compile, "ceilings": reports[0]["ceilings"],
-            "reports": reports}
+    return {"model": args.model, "layers": model_cfg.num_layers, "compile": args.compile,
+            "ceilings": reports[0]["ceilings"], "reports": reports}
 
 
 def summary_rows(result: dict) -> list[dict]:
@@ -106,6 +107,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="override the model's depth (e.g. 2 for a CPU check)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every decoder layer")
     parser.add_argument("--quick", action="store_true", help="a 3-scale schedule: a smoke test")
     parser.add_argument("--out", type=Path, help="JSON path (default: results/nextflow_latency[_cuda].json)")
