@@ -200,17 +200,16 @@ def rope_reference_from_positions(
 def rope_forward_reference(
     x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
 ) -> Tensor:
-    """Backend form: rotate ``x`` to ``positions``; a new contiguous tensor in x's dtype."""
-    cos, sin = rope_cos_sin(positions, inv_freq, tuple(sections))
-    return apply_rope_reference(x, cos, sin).contiguous()
+    """Backend form: rotate ``x`` to ``positions``; a new contiguous tensor in x's dtype. Bit for
+    bit ``apply_rope_reference(x, *rope_cos_sin(...))`` (``_rotate``)."""
+    return _rotate(x, positions, inv_freq, tuple(sections), inverse=False)
 
 
 def rope_backward_reference(
     dy: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...] | list[int]
 ) -> Tensor:
     """Backend form of the backward: the inverse rotation of ``dy`` (angle -> -angle)."""
-    cos, sin = rope_cos_sin(positions, inv_freq, tuple(sections))
-    return apply_rope_reference(dy, cos, -sin).contiguous()
+    return _rotate(dy, positions, inv_freq, tuple(sections), inverse=True)
 
 
 _TABLES: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
@@ -241,21 +240,26 @@ def _rotation_table(
     return cos, signed
 
 
+def _rotate(x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...], *, inverse: bool
+            ) -> Tensor:
+    """``apply_rope_reference(x, cos, ±sin)`` bit for bit (tested): the cos / sin table is memoised
+    (``_rotation_table``: every layer, forward and backward, rotates to the same positions) and
+    ``rotate_half(x) * sin`` is computed as ``roll(x) * signed`` with the sign moved into the table
+    (``-x2 * s == x2 * -s`` exactly; the inverse subtracts it, ``a - b == a + (-b)``)."""
+    dtype = x.dtype
+    compute = dtype if dtype in (torch.float32, torch.float64) else _compute_dtype(dtype)
+    cos, signed = _rotation_table(positions, inv_freq, sections, compute)
+    xf = x.to(compute)
+    turned = xf.roll(x.shape[-1] // 2, -1) * signed
+    out = xf * cos - turned if inverse else xf * cos + turned
+    return out.to(dtype).contiguous()
+
+
 def rope_inference_reference(
     x: Tensor, positions: Tensor, inv_freq: Tensor, sections: tuple[int, ...]
 ) -> Tensor:
-    """Inference form of ``rope_forward_reference``, bit for bit (tested): the cos / sin table is
-    memoised (``_rotation_table``) and ``rotate_half(x) * sin`` is computed as ``roll(x) * sin`` with
-    the sign moved into the table (``-x2 * s == x2 * -s`` exactly). Not for autograd."""
-    dtype = x.dtype
-    if dtype == torch.float32 or dtype == torch.float64:  # the math dtype already: no casts
-        cos, signed = _rotation_table(positions, inv_freq, tuple(sections), dtype)
-        return (x * cos + x.roll(x.shape[-1] // 2, -1) * signed).contiguous()
-    compute = _compute_dtype(dtype)
-    cos, signed = _rotation_table(positions, inv_freq, tuple(sections), compute)
-    xf = x.to(compute)
-    out = xf * cos + xf.roll(x.shape[-1] // 2, -1) * signed
-    return out.to(dtype).contiguous()
+    """Inference form of ``rope_forward_reference`` (the same function; not for autograd)."""
+    return _rotate(x, positions, inv_freq, tuple(sections), inverse=False)
 
 
 KERNELS = {
