@@ -29,7 +29,6 @@ from typing import Any
 
 import attrs
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nxcore.config import integer
 from nxcore.schedule import Schedule
@@ -240,19 +239,23 @@ def total(steps: Sequence[StepFlops]) -> Flops:
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-CPU_SDPA_FORMULAS: dict[Any, Callable[..., int]] = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-}
-"""FLOP formulas ``FlopCounterMode`` lacks: the fused CPU SDPA kernel (it counts only the CUDA ones)."""
+def cpu_sdpa_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas ``FlopCounterMode`` lacks: the fused CPU SDPA kernel (it counts only the CUDA
+    ones), for its ``custom_mapping``."""
+    return {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
 def counted_flops(fn: Callable[[], Any]) -> tuple[Any, dict[str, int]]:
     """Run ``fn()`` under ``FlopCounterMode`` (CPU SDPA formula added); returns its result and
     the FLOPs per aten op."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FORMULAS) as counter:
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton when installed: not at import
+
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa_formulas()) as counter:
         result = fn()
     return result, {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
 

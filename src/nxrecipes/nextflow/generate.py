@@ -174,8 +174,6 @@ class Session:
         """RoPE positions [batch, count, 3] and additive embeddings [batch, count, dim] of tokens
         ``offset .. offset + count`` of ``segment`` appended to every row. An image's are computed
         once for the whole image at its first step (``_whole``), and sliced at every step."""
-        model = self.model
-        device = model.embed_tokens.weight.device
         positions, extra = [], []
         whole = isinstance(segment, DiscreteImage)
         done: dict[tuple, tuple[Tensor, Tensor]] = {}  # rows of one layout (a group of samples) share it
