@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nxcore.decoder import Denoiser, ImageDecoder
 from nxcore.head import OutputHead
 from nxcore.position.protocol import AdditivePositionalEncoder, RotaryPositionalEncoder
 from nxcore.reward import RewardModel
@@ -21,6 +22,8 @@ PROTOCOLS = (
     TokenSampler,
     LatentSampler,
     RewardModel,
+    ImageDecoder,
+    Denoiser,
 )
 
 

@@ -4,6 +4,9 @@
     torchrun --standalone --nproc_per_node=2 -m nxrecipes nextflow train --tokenizer TOKDIR --steps 500 \
         --parallel fsdp --out RUN                                     the same on 2 processes
     nx nextflow generate RUN --prompt "a red circle" ... --out grid.png [--cfg 3 --think]
+    nx nextflow generate RUN --prompt "a red circle" --decoder diffusion   the optional diffusion decoder
+    nx nextflow train-decoder RUN --minutes 12 --threads 1 [--denoiser dit] [--upsample --init DIR]
+                                                                     train it (paper §2.3, §3.3)
     nx nextflow edit RUN --image a.png --instruction "make the circle blue" --out edited.png
     nx nextflow caption RUN --image a.png [b.png ...]
     nx nextflow eval RUN [--json report.json]                       ShapeEval, edit and caption scores
@@ -32,7 +35,7 @@ def _pipeline(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return NextFlowPipeline.from_run(args.run_dir)
+    return NextFlowPipeline.from_run(args.run_dir, decoder_dir=getattr(args, "decoder_dir", None))
 
 
 def _sampling(args: argparse.Namespace, pipeline) -> Any:
@@ -75,11 +78,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     pipeline = _pipeline(args)
     sampling = _sampling(args, pipeline)
     if args.think:
-        traces, images = pipeline.think_then_draw(args.prompt, sampling=sampling, seed=args.seed)
+        traces, images = pipeline.think_then_draw(args.prompt, sampling=sampling, seed=args.seed,
+                                                  decoder=args.decoder)
         captions = [f"{p} | thought: {t}" for p, t in zip(args.prompt, traces, strict=True)]
     else:
         images = pipeline.text_to_image(args.prompt, sampling=sampling, seed=args.seed, ratio=args.ratio,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, decoder=args.decoder)
         captions = list(args.prompt)
     _write_grid(images, captions, args.out, "nx nextflow generate")
 
@@ -95,8 +99,9 @@ def cmd_edit(args: argparse.Namespace) -> None:
                          "instruction, or one per image")
     instructions = args.instruction * (len(args.image) if len(args.instruction) == 1 else 1)
     sources = _open(args.image)
-    edited = pipeline.edit(sources, instructions, sampling=_sampling(args, pipeline), seed=args.seed)
-    before = pipeline.decode(pipeline.encode(sources))
+    edited = pipeline.edit(sources, instructions, sampling=_sampling(args, pipeline), seed=args.seed,
+                           decoder=args.decoder)
+    before = pipeline.decode(pipeline.encode(sources), decoder=args.decoder, seed=args.seed)
     pictures = [x for pair in zip(before, edited, strict=True) for x in pair]
     captions = [c for i in instructions for c in ("source", i)]
     _write_grid(pictures, captions, args.out, "nx nextflow edit")
@@ -119,6 +124,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
+
+
+def cmd_train_decoder(args: argparse.Namespace) -> None:
+    from nxrecipes.nextflow.decoder_train import decoder_training_tiny, train_decoder
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    given = (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed),
+             ("num_steps", args.sample_steps))
+    changes = {k: v for k, v in given if v is not None}
+    cfg = decoder_training_tiny(args.run_dir, args.out, denoiser=args.denoiser, upsample=args.upsample,
+                                init=args.init, minutes=args.minutes, steps=args.steps, images=args.images,
+                                **changes)
+    summary = train_decoder(cfg, progress=not args.quiet)
+    print(f"trained {summary['step']} updates (loss {summary['loss']}); decoder directory {summary['out']}")
 
 
 def cmd_grpo(args: argparse.Namespace) -> None:
@@ -154,6 +176,15 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
+def _decoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=("vq", "diffusion"), default="vq",
+                   help="codes to pixels: the tokenizer's VQ decoder (default) or the trained diffusion "
+                   "decoder")
+    p.add_argument("--decoder-dir", metavar="DIR",
+                   help="the diffusion decoder to use (default RUN/diffusion_decoder; e.g. "
+                   "RUN/diffusion_decoder_2x)")
+
+
 def add_nextflow_commands(commands: Any) -> None:
     """Register ``nx nextflow ...`` on the ``nx`` sub-parsers."""
     parser = commands.add_parser("nextflow", help="train NextFlow and generate, edit, caption with it")
@@ -182,6 +213,7 @@ def add_nextflow_commands(commands: Any) -> None:
                      help="write a reasoning trace first (think-before-drawing)")
     gen.add_argument("--ratio", type=float, help="height / width in [0.25, 4] (Table 14); default square")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _decoder_args(gen)
     _sampling_args(gen)
     gen.set_defaults(run=cmd_generate)
 
@@ -190,6 +222,7 @@ def add_nextflow_commands(commands: Any) -> None:
     edit.add_argument("--image", nargs="+", required=True, help="PNG(s) at the run's image size")
     edit.add_argument("--instruction", nargs="+", required=True)
     edit.add_argument("--out", default="out/nextflow-edit.png")
+    _decoder_args(edit)
     _sampling_args(edit)
     edit.set_defaults(run=cmd_edit)
 
@@ -203,6 +236,23 @@ def add_nextflow_commands(commands: Any) -> None:
     ev.add_argument("-n", "--num", type=int, default=64, help="prompts per split")
     ev.add_argument("--json", help="also write the report here")
     ev.set_defaults(run=cmd_eval)
+
+    dec = sub.add_parser("train-decoder", help="train the optional diffusion decoder of a run (paper §2.3)")
+    _run_arg(dec)
+    dec.add_argument("--out", help="decoder directory (default RUN/diffusion_decoder, "
+                     "RUN/diffusion_decoder_2x with --upsample); an existing one resumes")
+    dec.add_argument("--denoiser", choices=("unet", "dit"), default="unet", help="the denoiser network")
+    dec.add_argument("--upsample", action="store_true", help="a 2x decoder (the second stage; see --init)")
+    dec.add_argument("--init", metavar="DIR", help="start from this trained decoder's weights")
+    dec.add_argument("--minutes", type=float, help="wall-clock budget")
+    dec.add_argument("--steps", type=int, help="updates (a cap with --minutes)")
+    dec.add_argument("--images", type=int, default=4096, help="ShapeWorld training images (encoded once)")
+    dec.add_argument("--batch-size", type=int)
+    dec.add_argument("--lr", type=float)
+    dec.add_argument("--seed", type=int)
+    dec.add_argument("--sample-steps", type=int, help="Euler steps when decoding (default 25)")
+    dec.add_argument("--quiet", action="store_true", help="no progress bar")
+    dec.set_defaults(run=cmd_train_decoder)
 
     grpo = sub.add_parser("grpo", help="prefix-tuning GRPO of a trained run on a reward (default ShapeEval)")
     _run_arg(grpo)

@@ -20,6 +20,7 @@ Pipeline::
             unit ones ê[idx] with config.unit_codewords (TokenFlow), raw ones otherwise (VAR)
     images   = decoder(post_quant_conv(f̂_pix))        # decode: the pixel half only (TokenFlow)
     semantic = semantic_decoder(f̂_sem)                # decode_semantic: predicted teacher features
+    condition = (f̂_sem, f̂_pix, semantic)              # decoder_condition: a diffusion decoder's input
 
 (``nxcore.tokenizer.multiscale.quantizer``: ``residual_quantize(normalize=True, loss=config.vq_loss)``
 with two ``CodebookStream``s, ``normalized=config.unit_codewords``, weights ``w_sem`` / ``w_pix``; no
@@ -53,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from nxcore.checks import check_tensor
+from nxcore.decoder.protocol import DecoderCondition
 from nxcore.schedule.protocol import ScaleSchedule
 from nxcore.tokenizer.dual.config import DualCodebookConfig, dual_tiny
 from nxcore.tokenizer.dual.losses import drop_scales, reconstruction_loss, semantic_loss
@@ -303,6 +305,20 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
     ) -> Float[Tensor, "batch teacher_dim gh gw"]:
         """Predicted teacher features from the semantic half (e.g. a diffusion decoder's condition)."""
         return self.semantic_decoder(self.quantized_features(codes, schedule)[0])
+
+    @property
+    def decoder_condition_dims(self) -> tuple[int, int, int]:
+        """Widths of ``decoder_condition``'s maps: (sem_dim, pix_dim, teacher_dim)."""
+        return (self.config.sem_dim, self.config.pix_dim, self.config.semantic.target_dim)
+
+    def decoder_condition(
+        self, codes: Sequence[Int[Tensor, "batch _h _w"]], schedule: ScaleSchedule
+    ) -> DecoderCondition:
+        """The diffusion decoder's condition (NextFlow §2.3): the quantized semantic and pixel maps
+        (f̂_sem, f̂_pix: the code embeddings summed over the given steps, fp32) and the semantic decoder's
+        features on f̂_sem, all at the final grid (``nxcore.decoder.DecoderCondition``)."""
+        f_sem, f_pix = self.quantized_features(codes, schedule)
+        return DecoderCondition(f_sem, f_pix, self.semantic_decoder(f_sem))
 
     @typecheck
     def embed_codes(self, codes: Int[Tensor, "batch h w"], step: int) -> Float[Tensor, "batch code_dim h w"]:
