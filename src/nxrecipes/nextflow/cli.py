@@ -134,7 +134,7 @@ def cmd_train_decoder(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     given = (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed),
-             ("num_steps", args.sample_steps))
+             ("num_steps", args.sample_steps), ("prediction", args.prediction))
     changes = {k: v for k, v in given if v is not None}
     cfg = decoder_training_tiny(args.run_dir, args.out, denoiser=args.denoiser, upsample=args.upsample,
                                 init=args.init, minutes=args.minutes, steps=args.steps, images=args.images,
@@ -242,6 +242,8 @@ def add_nextflow_commands(commands: Any) -> None:
     dec.add_argument("--out", help="decoder directory (default RUN/diffusion_decoder, "
                      "RUN/diffusion_decoder_2x with --upsample); an existing one resumes")
     dec.add_argument("--denoiser", choices=("unet", "dit"), default="unet", help="the denoiser network")
+    dec.add_argument("--prediction", choices=("velocity", "data"),
+                     help="the network predicts the velocity (default) or the clean image")
     dec.add_argument("--upsample", action="store_true", help="a 2x decoder (the second stage; see --init)")
     dec.add_argument("--init", metavar="DIR", help="start from this trained decoder's weights")
     dec.add_argument("--minutes", type=float, help="wall-clock budget")

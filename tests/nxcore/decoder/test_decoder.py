@@ -80,7 +80,7 @@ def test_denoisers_swap_by_sub_config(tokenizer, codes, denoiser, kind):
 
 
 def test_the_loss_is_flow_matching_mse(tokenizer, codes):
-    decoder = small(tokenizer)
+    decoder = small(tokenizer, prediction="velocity")
     with torch.no_grad():  # a non-zero output layer, so the hand check is not trivially 0 - v
         decoder.denoiser.conv_out.weight.normal_(0, 0.1)
     cond = tokenizer.decoder_condition(codes, SCHEDULE)
@@ -97,6 +97,25 @@ def test_the_loss_is_flow_matching_mse(tokenizer, codes):
     torch.testing.assert_close(flow_matching_loss(v, images, noise), expected)
     loss.backward()
     assert decoder.project.weight.grad is not None and decoder.project.weight.grad.abs().sum() > 0
+
+
+def test_data_prediction_turns_the_predicted_image_into_the_velocity(tokenizer, codes, monkeypatch):
+    """prediction="data": a network that outputs the true image gives the true velocity (loss 0), and
+    the loss of any output is the velocity MSE of (x̂ - x_t) / (1 - t)."""
+    decoder = small(tokenizer, prediction="data")
+    cond = tokenizer.decoder_condition(codes, SCHEDULE)
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.tensor([0.3, 0.9])
+    monkeypatch.setattr(decoder.denoiser, "forward", lambda x, t, *rest: images)
+    assert decoder.loss(images, cond, CAPTIONS, noise=noise, t=t).item() < 1e-10
+    guess = images + 0.5
+    monkeypatch.setattr(decoder.denoiser, "forward", lambda x, t, *rest: guess)
+    x_t = t[:, None, None, None] * images + (1 - t[:, None, None, None]) * noise
+    v = (guess - x_t) / (1 - t[:, None, None, None])
+    torch.testing.assert_close(decoder.loss(images, cond, CAPTIONS, noise=noise, t=t),
+                               flow_matching_loss(v, images, noise))
 
 
 def test_sampling_is_seeded(tokenizer, codes):
