@@ -5,7 +5,8 @@ Shape legend as in ``nxkernels.scale_attention.reference``.
 Rows are cut by ``ScaleBlocks.plan`` (see ``blocks.py``): a whole scale of a discrete image attends
 the key prefix ``[0, end)`` with no mask, which is exactly the block-causal work (62% of the dense
 ``seq x seq`` scores for the 1024-level schedule of NextFlow Table 14); causal blocks and runs of tiny
-scales carry a small mask of ``rows x kv``. Plain differentiable torch: autograd runs SDPA's own
+scales carry a small mask of ``rows x kv`` (all-causal blocks, plain causal attention as NextStep-1
+uses it, go to SDPA's ``is_causal`` in one call). Plain differentiable torch: autograd runs SDPA's own
 fused backward per chunk (no recomputation), and ``torch.compile`` traces the loop (the plan is a
 Python constant of the ``ScaleBlocks``). GQA goes to SDPA's ``enable_gqa``; keys and values are
 never repeated. ``decode_attention_torch`` is the KV-cache step: no mask unless ``causal``, then
@@ -66,8 +67,11 @@ def _slices(x: Tensor, ranges: tuple[tuple[int, int], ...]) -> tuple[Tensor, ...
 def scale_attention_split(
     q: Tensor, k: Tensor, v: Tensor, blocks: ScaleBlocks, scale: float | None = None
 ) -> Tensor:
-    """Block-causal attention, one SDPA call per chunk of ``blocks.plan``; exact."""
+    """Block-causal attention, one SDPA call per chunk of ``blocks.plan``; exact. When every block is
+    causal the pattern is plain causal attention: one SDPA call with its own causal kernel."""
     gqa = q.shape[1] != k.shape[1]
+    if all(blocks.causal):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     plan = blocks.plan
     qs = _slices(q, tuple((c.q0, c.q1) for c in plan))
     ks = _slices(k, tuple((0, c.kv) for c in plan))
