@@ -32,7 +32,9 @@ import attrs
 
 __all__ = [
     "Config",
+    "as_tuple",
     "boolean",
+    "channel_multipliers",
     "config",
     "finite_number",
     "in_range",
@@ -264,6 +266,28 @@ def integer(*, at_least: int):
             raise ValueError(
                 f"{_where(instance, attribute)} = {value!r} is not allowed; expected an int "
                 f">= {at_least}"
+            )
+
+    return validate
+
+
+def as_tuple(value: Any) -> Any:
+    """attrs converter: a list becomes a tuple (JSON gives lists back); anything else is unchanged."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def channel_multipliers(example: tuple[int, ...] = (1, 2, 4)):
+    """attrs validator: a non-empty tuple of ints >= 1, one channel multiplier per resolution level
+    (a CNN's ``ch_mult``); ``example`` goes into the message."""
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        ok = isinstance(value, tuple) and len(value) >= 1 and all(
+            isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in value
+        )
+        if not ok:
+            raise ValueError(
+                f"{_where(instance, attribute)} = {value!r} is not allowed; expected a non-empty tuple of "
+                f"ints >= 1, one channel multiplier per resolution level, e.g. {example}"
             )
 
     return validate

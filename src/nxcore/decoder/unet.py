@@ -24,34 +24,17 @@ conv_out (zero-initialised: a fresh denoiser predicts zero velocity).
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nxcore.config import Config, config, integer
+from nxcore.config import Config, as_tuple, channel_multipliers, config, integer
 from nxcore.decoder.layers import CrossAttention, TimeEmbedding, masked_mean
 from nxcore.decoder.protocol import Denoiser
 from nxcore.typing import Bool, Float, typecheck
 
 __all__ = ["UNetDenoiser", "UNetDenoiserConfig"]
-
-
-def _ch_mult(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    ok = isinstance(value, tuple) and len(value) >= 1 and all(
-        isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in value
-    )
-    if not ok:
-        raise ValueError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected a "
-            "non-empty tuple of ints >= 1, one channel multiplier per resolution level, e.g. (1, 2, 2)"
-        )
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 @config
@@ -61,7 +44,8 @@ class UNetDenoiserConfig(Config):
     from the ``DiffusionDecoder`` (``build(channels=, cond_channels=, text_dim=)``)."""
 
     ch: int = attrs.field(default=16, validator=integer(at_least=1))
-    ch_mult: tuple[int, ...] = attrs.field(default=(1, 2, 4), converter=_as_tuple, validator=_ch_mult)
+    ch_mult: tuple[int, ...] = attrs.field(default=(1, 2, 4), converter=as_tuple,
+                                        validator=channel_multipliers((1, 2, 2)))
     num_res_blocks: int = attrs.field(default=1, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=8, validator=integer(at_least=1))
     heads: int = attrs.field(default=2, validator=integer(at_least=1))

@@ -21,27 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, boolean, config, finite_number, integer
+from nxcore.config import Config, as_tuple, boolean, channel_multipliers, config, finite_number, integer
 
 if TYPE_CHECKING:
     from nxcore.tokenizer.autoencoder.tokenizer import NextStepAutoencoder
 
 __all__ = ["AutoencoderConfig", "autoencoder_tiny", "nextstep1_f8ch16"]
-
-
-def _ch_mult(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    ok = isinstance(value, tuple) and len(value) >= 1 and all(
-        isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in value
-    )
-    if not ok:
-        raise ValueError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected a "
-            "non-empty tuple of ints >= 1, one channel multiplier per resolution level, e.g. (1, 2, 4, 4)"
-        )
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _non_zero(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -59,7 +44,8 @@ class AutoencoderConfig(Config):
     in_channels: int = attrs.field(default=3, validator=integer(at_least=1))
     out_channels: int = attrs.field(default=3, validator=integer(at_least=1))
     ch: int = attrs.field(default=128, validator=integer(at_least=1))
-    ch_mult: tuple[int, ...] = attrs.field(default=(1, 2, 4, 4), converter=_as_tuple, validator=_ch_mult)
+    ch_mult: tuple[int, ...] = attrs.field(default=(1, 2, 4, 4), converter=as_tuple,
+                                        validator=channel_multipliers((1, 2, 4, 4)))
     num_res_blocks: int = attrs.field(default=2, validator=integer(at_least=1))
     z_channels: int = attrs.field(default=16, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=32, validator=integer(at_least=1))

@@ -30,7 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, boolean, config, finite_number, integer, non_negative, one_of
+from nxcore.config import (
+    Config,
+    as_tuple,
+    boolean,
+    channel_multipliers,
+    config,
+    finite_number,
+    integer,
+    non_negative,
+    one_of,
+)
 from nxcore.tokenizer.multiscale.config import (
     DOWN_MODES,
     INPUT_MODES,
@@ -56,21 +66,6 @@ def _optional_int(at_least: int):
             check(instance, attribute, value)
 
     return validate
-
-
-def _ch_mult(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    ok = isinstance(value, tuple) and len(value) >= 1 and all(
-        isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in value
-    )
-    if not ok:
-        raise ValueError(
-            f"{type(instance).__qualname__}.{attribute.name} = {value!r} is not allowed; expected a "
-            "non-empty tuple of ints >= 1, one channel multiplier per resolution level, e.g. (1, 1, 2, 2, 4)"
-        )
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 @config
@@ -117,7 +112,8 @@ class PixelConfig(Config):
 
     in_channels: int = attrs.field(default=3, validator=integer(at_least=1))
     ch: int = attrs.field(default=128, validator=integer(at_least=1))
-    ch_mult: tuple[int, ...] = attrs.field(default=(1, 1, 2, 2, 4), converter=_as_tuple, validator=_ch_mult)
+    ch_mult: tuple[int, ...] = attrs.field(default=(1, 1, 2, 2, 4), converter=as_tuple,
+                                        validator=channel_multipliers((1, 1, 2, 2, 4)))
     num_res_blocks: int = attrs.field(default=2, validator=integer(at_least=1))
     norm_groups: int = attrs.field(default=32, validator=integer(at_least=1))
     level_attention: bool = attrs.field(default=True, validator=boolean())
