@@ -440,3 +440,26 @@ def test_the_tiny_config_trains_on_cpu():
         opt.step()
     final = tok.eval()(images, schedule)
     assert final.total.item() < 0.5 * first
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalize_picks_the_search_distance_of_the_residual_loop(normalize, monkeypatch):
+    """``normalize`` reaches the residual loop (cosine search when True, Euclidean when False), and
+    self-correction searches the same way; configs written before the field load as cosine."""
+    import nxcore.tokenizer.dual.tokenizer as module
+    from nxcore.tokenizer.dual import dual_tiny
+
+    seen = {}
+    real = module.residual_quantize
+
+    def spy(*args, **kwargs):
+        seen["normalize"] = kwargs["normalize"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "residual_quantize", spy)
+    tokenizer = dual_tiny(normalize=normalize).build().eval()
+    tokenizer.encode(torch.rand(1, 3, 8, 8) * 2 - 1, Schedule(((1, 1), (2, 2), (4, 4))))
+    assert seen["normalize"] is normalize
+    old = tokenizer.config.to_dict()
+    del old["normalize"]
+    assert type(tokenizer.config).from_dict(old).normalize is True

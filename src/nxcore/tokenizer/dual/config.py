@@ -155,7 +155,13 @@ class DualCodebookConfig(Config):
     ``codebook + beta·commitment``; ``semantic_weight``, ``recon_weight``, ``perceptual_weight``
     weigh the semantic cosine loss, the L2 reconstruction and the optional perceptual hook.
 
-    How the residual loop uses the codewords (the search is cosine either way):
+    How the residual loop uses the codewords:
+
+    - ``normalize``: True (TokenFlow, the default) searches by cosine (features and codewords
+      L2-normalised, VAR's ``using_znorm``); False by Euclidean distance. With raw codewords
+      (``unit_codewords=False``) the cosine search ignores the codeword's length: where the residual
+      is small (flat regions) it adds a codeword several times larger than the residual, which the
+      next scale must undo, so flat regions get noisy, high-entropy codes.
 
     - ``unit_codewords``: True (TokenFlow's ``codebook_l2_norm``, the default) adds the L2-normalised
       codeword of every cell at every step, so each step adds a vector of norm 1 whatever the
@@ -188,6 +194,7 @@ class DualCodebookConfig(Config):
     clamp: bool = attrs.field(default=True, validator=boolean())
     unit_codewords: bool = attrs.field(default=True, validator=boolean())
     vq_loss: str = attrs.field(default="step", validator=one_of(*VQ_LOSSES))
+    normalize: bool = attrs.field(default=True, validator=boolean())
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.semantic, SemanticConfig):

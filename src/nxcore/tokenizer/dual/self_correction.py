@@ -75,7 +75,7 @@ def _view(tokenizer) -> tuple[object, Sequence[CodebookStream], str, str, bool]:
 
     if isinstance(tokenizer, DualCodebookTokenizer):
         c = tokenizer.config
-        return (lambda x: list(tokenizer.features(x))), tokenizer.streams, c.down, c.up, True
+        return (lambda x: list(tokenizer.features(x))), tokenizer.streams, c.down, c.up, c.normalize
     if isinstance(tokenizer, MultiScaleVQTokenizer):
         q = tokenizer.config.quantizer
         return (lambda x: [tokenizer.features(x)]), tokenizer.quantize.streams, q.down, q.up, q.normalize

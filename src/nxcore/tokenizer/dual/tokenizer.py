@@ -22,9 +22,9 @@ Pipeline::
     semantic = semantic_decoder(f̂_sem)                # decode_semantic: predicted teacher features
     condition = (f̂_sem, f̂_pix, semantic)              # decoder_condition: a diffusion decoder's input
 
-(``nxcore.tokenizer.multiscale.quantizer``: ``residual_quantize(normalize=True, loss=config.vq_loss)``
-with two ``CodebookStream``s, ``normalized=config.unit_codewords``, weights ``w_sem`` / ``w_pix``; no
-φ convs, as TokenFlow.)
+(``nxcore.tokenizer.multiscale.quantizer``: ``residual_quantize(normalize=config.normalize,
+loss=config.vq_loss)`` with two ``CodebookStream``s, ``normalized=config.unit_codewords``, weights
+``w_sem`` / ``w_pix``; no φ convs, as TokenFlow.)
 
 **What the protocol methods return.** ``embed_codes(codes, step)``: [batch, code_dim, h, w], the
 semantic codeword followed by the pixel codeword of every cell, each L2-normalised with
@@ -267,7 +267,7 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
         c = self.config
         return residual_quantize(
             self.features(images), self.streams, as_steps(_schedule(schedule)), down=c.down, up=c.up,
-            normalize=True, keep=keep, loss=c.vq_loss,
+            normalize=c.normalize, keep=keep, loss=c.vq_loss,
         )
 
     # --- the protocol ----------------------------------------------------------------------------
