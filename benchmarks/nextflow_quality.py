@@ -49,6 +49,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     "accumulated-sc": (10, {"inputs": "accumulated", "per_scale": True}),
     "accumulated-nosc": (10, {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}),
     "separate-heads": (10, {"separate_heads": True, "per_scale": True}),
+    # main-10's recipe over a tokenizer with Euclidean search (--tokenizer out/tok-dual-32-euclid)
+    "euclidean-10": (10, {"per_scale": True}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
