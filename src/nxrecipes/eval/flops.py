@@ -39,12 +39,15 @@ __all__ = [
     "Flops",
     "StepFlops",
     "counted_flops",
+    "cpu_sdpa_formulas",
     "cross_check",
     "dit_flops",
     "nextflow_flops",
     "paper_coefficients",
+    "paper_layer_flops",
     "paper_mmdit_flops",
     "paper_nextflow_flops",
+    "total",
     "uniform_schedule",
 ]
 

@@ -197,27 +197,26 @@ def generation_latency(model: NextFlow, tokenizer: nn.Module, schedule: ScaleSch
     uncond = [Example()] * s.batch if guided else None
     sampling = ImageSampling(cfg=s.cfg)
 
-    def generate(mark: Callable[[str], None]) -> torch.Tensor:
+    def generate(mark: Callable[[str], None]) -> list[torch.Tensor]:
+        """One timed call; returns its codes."""
         mark("start")
         codes = generate_image_codes(model, prompts, schedule, uncond=uncond, sampling=sampling,
                                      generator=torch.Generator(device=device).manual_seed(s.seed),
                                      on_forward=mark).codes
-        images = tokenizer.decode(codes, schedule)
+        tokenizer.decode(codes, schedule)
         mark("decode")
-        return images
+        return codes
 
     for _ in range(s.warmup):
         generate(_Marks(device))
     runs = []
     for _ in range(s.repeats):
         marks = _Marks(device)
-        generate(marks)
+        codes = generate(marks)
         runs.append(marks.intervals())
     seconds = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
     totals = [sum(run.values()) for run in runs]
 
-    codes = generate_image_codes(model, prompts, schedule, uncond=uncond, sampling=sampling,
-                                 generator=torch.Generator(device=device).manual_seed(s.seed)).codes
     _, decode_ops = counted_flops(lambda: tokenizer.decode(codes, schedule))
     rows = s.batch * (2 if guided else 1)
     lengths = [s.prompt_tokens] * s.batch + ([0] * s.batch if guided else [])
