@@ -174,6 +174,11 @@ class DualCodebookConfig(Config):
     ShapeWorld 64 px, 400 updates, 256 codes: 42% in use, perplexity 7, where (False,
     ``"cumulative"``) uses all, perplexity 196, and gains 1.2 dB); ``dual_tiny`` uses (False,
     ``"cumulative"``), as the multi-scale VQ does.
+
+    - ``restart_every``: dead-code restarts (``multiscale/restart.py``): every that many training
+      forwards, each code no cell picked since the last restart moves onto a residual row the search
+      fit worst. 0 (default) never restarts. What keeps Euclidean search (``normalize=False``) from
+      collapsing onto a few codes when trained from scratch.
     """
 
     codebook_size: int = attrs.field(default=16384, validator=integer(at_least=1))
@@ -195,6 +200,7 @@ class DualCodebookConfig(Config):
     unit_codewords: bool = attrs.field(default=True, validator=boolean())
     vq_loss: str = attrs.field(default="step", validator=one_of(*VQ_LOSSES))
     normalize: bool = attrs.field(default=True, validator=boolean())
+    restart_every: int = attrs.field(default=0, validator=integer(at_least=0))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.semantic, SemanticConfig):

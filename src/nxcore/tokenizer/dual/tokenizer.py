@@ -76,6 +76,7 @@ from nxcore.tokenizer.multiscale.quantizer import (
     reconstruct,
     residual_quantize,
 )
+from nxcore.tokenizer.multiscale.restart import CodeRestarts
 from nxcore.tokenizer.protocol import DiscreteImageTokenizer
 from nxcore.typing import Float, Int, typecheck
 
@@ -168,6 +169,8 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
             sem_dim=config.sem_dim, width=s.decoder_width, depth=s.decoder_depth, heads=s.heads,
             mlp_ratio=s.mlp_ratio, teacher_dim=s.target_dim,
         )
+        every = config.restart_every
+        self.restarts = CodeRestarts(config.codebook_size, every) if every else None
         self.stage = "joint"
         self.set_teacher(teacher)
 
@@ -369,13 +372,22 @@ class DualCodebookTokenizer(nn.Module, DiscreteImageTokenizer):
         ``keep``: the step indices to quantize. None: in training mode, ``drop_scales(K,
         config.scale_drop, generator=generator)`` (the first step always kept); in eval mode, all.
         ``perceptual``: optional ``(reconstruction, images) -> scalar`` loss (e.g. LPIPS).
+        With ``config.restart_every``, a training forward in the ``"joint"`` or ``"pixel"`` stage first
+        restarts the codes unused since the last restart (``CodeRestarts``), then counts its own.
         """
         schedule = _schedule(schedule)
         self.check_images(images, schedule)
         if keep is None and self.training and self.config.scale_drop > 0:
             keep = drop_scales(schedule.num_steps, self.config.scale_drop, generator=generator)
         c = self.config
+        restarting = self.training and self.restarts is not None and self.stage in ("joint", "pixel")
+        if restarting:
+            searched = [w > 0 for w in (c.w_sem, c.w_pix)]
+            books = (self.codebook_sem.weight, self.codebook_pix.weight)
+            self.restarts.step([b if s else None for b, s in zip(books, searched, strict=True)], generator)
         q = self.quantize(images, schedule, keep=keep)
+        if restarting:
+            self.restarts.observe(q)
         f_sem, f_pix = q.quantized
         reconstruction = self.decoder(self.post_quant_conv(f_pix.to(self.post_quant_conv.weight.dtype)))
         semantic = self.semantic_decoder(f_sem)

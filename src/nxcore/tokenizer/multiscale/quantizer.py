@@ -68,7 +68,7 @@ from nxcore.schedule.protocol import ScaleSchedule
 from nxcore.tokenizer.multiscale.config import DOWN_MODES, INPUT_MODES, UP_MODES, QuantizerConfig
 from nxcore.tokenizer.multiscale.phi import PhiBank
 from nxcore.typing import Float, Int, typecheck
-from nxkernels.vq import vq_nearest
+from nxkernels.vq import VQResult, vq_nearest
 from nxkernels.vq.reference import NORMALIZE_EPS
 
 __all__ = [
@@ -109,6 +109,9 @@ class ResidualQuantization:
     ``codes``: one int64 [batch, h_k, w_k] grid per quantized step (``steps`` names them: all steps
     unless some were skipped); ``quantized``: per stream, the straight-through f_hat at the final
     grid (fp32); ``codebook_loss`` / ``commitment_loss``: fp32 scalars (module docstring).
+    ``residuals``: per quantized step, per stream, the rows z_k it searched ([batch·h_k·w_k,
+    code_dim], detached); ``distances``: per quantized step, each row's distance to its codeword in the
+    search's metric ([batch·h_k·w_k]): what dead-code restarts draw from (``restart.py``).
     """
 
     codes: list[Tensor]
@@ -116,6 +119,8 @@ class ResidualQuantization:
     quantized: tuple[Tensor, ...]
     codebook_loss: Tensor
     commitment_loss: Tensor
+    residuals: tuple[tuple[Tensor, ...], ...] = ()
+    distances: tuple[Tensor, ...] = ()
 
 
 # --- small pieces -----------------------------------------------------------------------------------
@@ -217,15 +222,15 @@ def _check_features(features: Sequence[Tensor], streams: Sequence[CodebookStream
     return out
 
 
-def _search(rows: list[Tensor], streams: Sequence[CodebookStream], normalize: bool) -> Tensor:
+def _search(rows: list[Tensor], streams: Sequence[CodebookStream], normalize: bool) -> VQResult:
     first = streams[0]
     if len(streams) == 1:
-        return vq_nearest(rows[0], first.codebook, w_sem=first.weight, normalize=normalize).indices
+        return vq_nearest(rows[0], first.codebook, w_sem=first.weight, normalize=normalize)
     second = streams[1]
     return vq_nearest(
         rows[0], first.codebook, rows[1], second.codebook,
         w_sem=first.weight, w_pix=second.weight, normalize=normalize,
-    ).indices
+    )
 
 
 def contribution(
@@ -273,13 +278,19 @@ def residual_quantize(
         rest = list(f)  # f − Σ sg(c_j): carries f's gradient, searched detached
         f_hat = [torch.zeros_like(x) for x in f]
         codes: list[Tensor] = []
+        residuals: list[tuple[Tensor, ...]] = []
+        distances: list[Tensor] = []
         codebook_loss = f[0].new_zeros(())
         commitment_loss = f[0].new_zeros(())
         for k in kept:
             hk, wk = steps[k]
             z = [resize(r, (hk, wk), down).permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in rest]
-            idx = _search([r.detach() for r in z], streams, normalize).reshape(f[0].shape[0], hk, wk)
+            rows = tuple(r.detach() for r in z)
+            found = _search(list(rows), streams, normalize)
+            idx = found.indices.reshape(f[0].shape[0], hk, wk)
             codes.append(idx)
+            residuals.append(rows)
+            distances.append(found.distances.reshape(-1))
             for s, stream in enumerate(streams):
                 c = contribution(stream, idx, k, steps, up=up)
                 f_hat[s] = f_hat[s] + c
@@ -296,7 +307,8 @@ def residual_quantize(
             commitment_loss = commitment_loss + sum((a.detach() - b).square().sum() for a, b in pairs) / numel
         n = max(len(kept), 1)
         quantized = tuple((a.detach() - b.detach()) + b for a, b in zip(f_hat, f, strict=True))
-    return ResidualQuantization(codes, kept, quantized, codebook_loss / n, commitment_loss / n)
+    return ResidualQuantization(codes, kept, quantized, codebook_loss / n, commitment_loss / n,
+                                tuple(residuals), tuple(distances))
 
 
 def _step_pair(stream: CodebookStream, idx: Tensor, z: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
