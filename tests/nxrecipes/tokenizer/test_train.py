@@ -69,6 +69,17 @@ def test_run_config_round_trips_json(tmp_path):
     assert dual.objective.steps[-1] == (16, 16) and dual.objective.stages == ()
 
 
+def test_dual_builder_routes_tokenizer_fields_to_the_tokenizer_and_the_rest_to_the_loop(tmp_path):
+    cfg = dual_codebook_training_tiny(tmp_path, steps=5, size=32, normalize=False, restart_every=20,
+                                      codebook_size=64, lr=1e-3)
+    t = cfg.tokenizer
+    assert (t.normalize, t.restart_every, t.codebook_size, t.pix_dim) == (False, 20, 64, 8)
+    assert cfg.train.lr == 1e-3 and cfg.objective.steps[-1] == (8, 8)
+    assert cfg.tokenizer.build().restarts.every == 20
+    with pytest.raises(ValueError, match="dual_codebook_training_tiny has no setting 'codebooks'"):
+        dual_codebook_training_tiny(tmp_path, codebooks=64)
+
+
 def test_a_minute_budget_fixes_the_steps_after_calibration(tmp_path):
     cfg = tiny_run(tmp_path, steps=10_000, checkpoint_every=0, log_every=5, min_lr_ratio=0.1)
     cfg = cfg.replace(minutes=0.05, eval_every=1000)

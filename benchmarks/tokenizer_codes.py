@@ -1,0 +1,89 @@
+"""How learnable a trained discrete tokenizer's codes are, beside how well it reconstructs (issue 8).
+
+    python benchmarks/tokenizer_codes.py out/tok-dual-32 out/tok-eu-256 out/tok-eu-64
+
+For each tokenizer run directory, on ``--num`` test-split ShapeWorld images at the run's size: PSNR
+of the reconstruction, ShapeEval of the reconstructions against the images' prompts (the ceiling a
+generator over these codes can reach), the unigram entropy of every step's codes (nats per code; its
+sum over an image's codes is what a model that learned nothing but code frequencies would pay), and
+how many distinct codes a flat background image gets per step (1 is ideal: nothing to encode).
+Prints a table; writes ``benchmarks/results/tokenizers/codes.json`` and ``codes.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import environment, markdown, write_json  # noqa: E402
+
+from nxcore.tokenizer.multiscale import code_usage  # noqa: E402
+from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
+from nxrecipes.data.shapeworld.render import to_float, to_pil  # noqa: E402
+from nxrecipes.data.shapeworld.world import BACKGROUND  # noqa: E402
+from nxrecipes.eval.shapeeval import evaluate  # noqa: E402
+from nxrecipes.tokenizer.train import load_run  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "tokenizers"
+
+
+@torch.no_grad()
+def measure(run_dir: Path, num: int) -> dict:
+    run = load_run(run_dir)
+    tokenizer, schedule = run.model, run.objective.schedule
+    size = run.config.data.size
+    records = list(ShapeWorld(split="test", size=size, tasks=("t2i",), length=num, seed=11))
+    images = torch.stack([to_float(r.image) for r in records]) * 2 - 1
+    flat = to_float(Image.new("RGB", (size, size), BACKGROUND))[None] * 2 - 1
+    codes = tokenizer.encode(images, schedule)
+    recon = tokenizer.decode(codes, schedule)
+    mse = float((recon - images).square().mean())
+    shapeeval = evaluate([to_pil((x + 1) / 2) for x in recon], [r.spec for r in records]).overall
+    entropy = code_usage(codes, tokenizer.codebook_size).perplexity.log().tolist()
+    cells = [h * w for h, w in schedule.steps]
+    t = tokenizer.config
+    return {
+        "run": str(run_dir), "size": size, "codebook_size": tokenizer.codebook_size,
+        "search": "cosine" if getattr(t, "normalize", True) else "euclidean",
+        "restart_every": getattr(t, "restart_every", 0), "train_seconds": _train_seconds(run_dir),
+        "psnr": 10 * math.log10(4 / mse), "recon_shapeeval": shapeeval,
+        "entropy_per_step": [round(e, 3) for e in entropy],
+        "nats_per_image": sum(e * n for e, n in zip(entropy, cells, strict=True)),
+        "flat_distinct_per_step": [int(c.unique().numel()) for c in tokenizer.encode(flat, schedule)],
+    }
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    path = run_dir / "eval.json"
+    return json.loads(path.read_text()).get("elapsed_s") if path.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="tokenizer run directories (nx tokenizer train)")
+    parser.add_argument("-n", "--num", type=int, default=256, help="test images")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    rows = [measure(run, args.num) for run in args.runs]
+    columns = ["run", "codebook_size", "search", "restart_every", "train_seconds", "psnr", "recon_shapeeval",
+               "nats_per_image", "entropy_per_step", "flat_distinct_per_step"]
+    table = markdown(rows, columns)
+    print(table)
+    write_json(RESULTS / "codes.json", {"rows": rows, "num": args.num, "environment": environment(load),
+                                        "command": "python benchmarks/tokenizer_codes.py "
+                                                   + " ".join(str(r) for r in args.runs)})
+    (RESULTS / "codes.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
