@@ -7,7 +7,7 @@ of the reconstruction, ShapeEval of the reconstructions against the images' prom
 generator over these codes can reach), the unigram entropy of every step's codes (nats per code; its
 sum over an image's codes is what a model that learned nothing but code frequencies would pay), and
 how many distinct codes a flat background image gets per step (1 is ideal: nothing to encode).
-Prints a table; writes ``benchmarks/results/tokenizers/codes.json`` and ``codes.md``.
+Prints a table; writes ``codes.json`` and ``codes.md`` to ``--out`` (``benchmarks/results/tokenizers``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="tokenizer run directories (nx tokenizer train)")
     parser.add_argument("-n", "--num", type=int, default=256, help="test images")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of codes.json and codes.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
@@ -79,10 +80,10 @@ def main() -> None:
                "nats_per_image", "entropy_per_step", "flat_distinct_per_step"]
     table = markdown(rows, columns)
     print(table)
-    write_json(RESULTS / "codes.json", {"rows": rows, "num": args.num, "environment": environment(load),
+    write_json(args.out / "codes.json", {"rows": rows, "num": args.num, "environment": environment(load),
                                         "command": "python benchmarks/tokenizer_codes.py "
                                                    + " ".join(str(r) for r in args.runs)})
-    (RESULTS / "codes.md").write_text(table + "\n")
+    (args.out / "codes.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
