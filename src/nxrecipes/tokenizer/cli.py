@@ -53,6 +53,15 @@ def _training_config(args: argparse.Namespace) -> TokenizerTrainConfig:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
+    dual = {"codebook_size": args.codes, "restart_every": args.restart_every,
+            "normalize": None if args.search is None else args.search == "cosine"}
+    dual = {k: v for k, v in dual.items() if v is not None}
+    if dual and args.kind != "dual":
+        raise ValueError(
+            f"--codes, --search and --restart-every set the dual-codebook tokenizer; got --kind {args.kind}. "
+            "Use --kind dual, or leave them out"
+        )
+    changes.update(dual)
     out = args.out or f"out/tokenizer-{args.kind}"
     cfg = kinds()[args.kind](
         out, minutes=args.minutes, steps=args.steps, size=args.size, train_images=args.train_images,
@@ -185,6 +194,11 @@ def add_tokenizer_commands(commands: Any) -> None:
     train.add_argument("--train-images", type=int, default=4096, help="ShapeWorld training images")
     train.add_argument("--eval-images", type=int, default=256, help="ShapeWorld held-out images")
     train.add_argument("--eval-every", type=int, default=100, help="evaluate every N updates")
+    train.add_argument("--codes", type=int, help="dual: codebook size (default 256)")
+    train.add_argument("--search", choices=("cosine", "euclidean"),
+                       help="dual: the residual loop's search distance (default cosine)")
+    train.add_argument("--restart-every", type=int,
+                       help="dual: restart unused codes every N updates (default 0: never)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--warmup-steps", type=int)

@@ -69,6 +69,7 @@ def test_train_an_autoencoder_then_resume_it(ae_run, capsys):
         (["tokenizer", "train", "--kind", "ae", "--out", "{tmp}/r", "--data", "{tmp}/none"],
          "image folder"),
         (["data", "extract", "--tokenizer", "{tmp}", "--out", "{tmp}/x"], "run_config.json does not exist"),
+        (["tokenizer", "train", "--kind", "vq", "--out", "{tmp}/r", "--restart-every", "5"], "Use --kind dual"),
     ],
 )
 def test_bad_arguments_are_reported_not_raised(argv, message, tmp_path, capsys):
@@ -79,3 +80,12 @@ def test_bad_arguments_are_reported_not_raised(argv, message, tmp_path, capsys):
 def test_extract_refuses_a_continuous_tokenizer(ae_run, tmp_path, capsys):
     assert main(["data", "extract", "--tokenizer", str(ae_run), "--out", str(tmp_path / "x")]) == 2
     assert "needs a discrete one" in capsys.readouterr().err
+
+
+def test_dual_flags_set_the_codebook_size_search_and_restarts(tmp_path):
+    out = tmp_path / "dual"
+    argv = ["tokenizer", "train", "--kind", "dual", "--steps", "1", "--out", str(out), "--codes", "32",
+            "--search", "euclidean", "--restart-every", "1", *TINY]
+    assert main(argv) == 0
+    saved = json.loads((out / "run_config.json").read_text())["tokenizer"]
+    assert (saved["codebook_size"], saved["normalize"], saved["restart_every"]) == (32, False, 1)
