@@ -39,6 +39,8 @@ from nxrecipes.train.plot import plot_run  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "nextflow"
 IMAGE_TOKENS = 155  # an image on the 32 px schedule: 1 + 4 + 9 + 16 + 25 + 36 + 64
 
+_T2I = (("t2i", 1.0),)
+_ACC_NOSC = {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextflow_training_tiny)
     "main-10": (10, {"per_scale": True}),
@@ -51,6 +53,15 @@ RUNS: dict[str, tuple[float, dict]] = {
     "separate-heads": (10, {"separate_heads": True, "per_scale": True}),
     # main-10's recipe over a tokenizer with Euclidean search (--tokenizer out/tok-dual-32-euclid)
     "euclidean-10": (10, {"per_scale": True}),
+    # main-10's recipe over tokenizers trained with Euclidean search and dead-code restarts
+    # (--tokenizer out/tok-eu-256, out/tok-eu-64: 256 or 64 codes)
+    "restart-256-10": (10, {"per_scale": True}),
+    "restart-64-10": (10, {"per_scale": True}),
+    # ... with accumulated inputs and no self-correction; then text-to-image only; then batch 32
+    "restart-64-acc-nosc-10": (10, _ACC_NOSC),
+    "restart-64-acc-nosc-t2i-10": (10, {**_ACC_NOSC, "task_mix": _T2I}),
+    "restart-64-acc-nosc-t2i-b32-10": (10, {**_ACC_NOSC, "task_mix": _T2I, "batch_size": 32, "lr": 2e-3}),
+    "restart-64-acc-nosc-30": (30, _ACC_NOSC),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
@@ -89,7 +100,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
         "name": name, "minutes": RUNS[name][0], "changes": RUNS[name][1], "steps": summary.step,
         "train_seconds": round(trained_s, 1), "threads": threads, "report": report,
         "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
-        "heldout_nll": nll,
+        "heldout_nll": nll, "heldout_nll_shuffled_prompts": heldout_nll(cfg.run_dir, shuffled=True),
         "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
         "command": f"python benchmarks/nextflow_quality.py --tokenizer {tokenizer} --runs {name} "
                    f"--threads {threads}",
