@@ -6,6 +6,8 @@ m in {2, 4, half the scales, all}, several seeds each, and report reward and Sha
     python benchmarks/nextflow_grpo.py --prefix 2 all --seeds 0 --label mix \
         --reward "shapeeval+learned=out/learned-reward-32"      # the same on another training reward
     python benchmarks/nextflow_grpo.py --summary        # the table and the curves of every recorded run
+    python benchmarks/nextflow_grpo.py --start out/nextflow-quality/restart-64-acc-nosc-30 \
+        --results benchmarks/results/nextflow-grpo-eu --work out/nextflow-grpo-eu ...   # another start
 
 Each run is ``grpo_tiny(start=..., prefix_scales=m, seed=s, lr=--lr)`` on the ShapeEval partial-credit
 reward for ``--steps`` updates (the same number of samples for every m; ``--minutes`` gives a
@@ -88,12 +90,12 @@ def run(start: Path, work: Path, m: int | str, seed: int, args: argparse.Namespa
         "after": evaluation(work / name, args.eval_n),
         "environment": environment(load),
     }
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(args.results / f"{name}.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
-def _records() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*m*-s*.json"))]
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("*m*-s*.json"))]
 
 
 def _group(record: dict) -> str:
@@ -108,10 +110,10 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def summary() -> str:
-    start = json.loads((RESULTS / "start.json").read_text())
+def summary(results: Path = RESULTS) -> str:
+    start = json.loads((results / "start.json").read_text())
     before = start["evaluation"]
-    records = _records()
+    records = _records(results)
     lines = [
         f"Start: `{start['start']}`; held-out ShapeEval {before['heldout']['overall']:.3f}, test "
         f"{before['test']['overall']:.3f}, held-out reward {before['heldout']['reward']:.3f} "
@@ -142,13 +144,13 @@ def summary() -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(path: Path) -> None:
+def curves(results: Path, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    records = _records()
+    records = _records(results)
     figure = Figure(figsize=(11, 4))
     axes = figure.subplots(1, 2)
     for m in dict.fromkeys(_group(r) for r in records):
@@ -184,16 +186,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-n", type=int, default=256, help="prompts per split")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="records folder (one per start model: its start.json is evaluated once)")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     if args.summary:
-        text = summary()
-        atomic_write_text(RESULTS / "summary.md", text)
-        curves(RESULTS / "curves.png")
+        text = summary(args.results)
+        atomic_write_text(args.results / "summary.md", text)
+        curves(args.results, args.results / "curves.png")
         print(text)
         return
     torch.set_num_threads(args.threads)
-    start_file = RESULTS / "start.json"
+    start_file = args.results / "start.json"
+    if start_file.is_file() and json.loads(start_file.read_text())["start"] != str(args.start):
+        parser.error(f"{args.results} holds runs from another start model; give this one its own --results")
     if not start_file.is_file():
         before = evaluation(args.start, args.eval_n)
         record = {"start": str(args.start), "n": args.eval_n, "evaluation": before}
