@@ -62,6 +62,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     "restart-64-acc-nosc-t2i-10": (10, {**_ACC_NOSC, "task_mix": _T2I}),
     "restart-64-acc-nosc-t2i-b32-10": (10, {**_ACC_NOSC, "task_mix": _T2I, "batch_size": 32, "lr": 2e-3}),
     "restart-64-acc-nosc-30": (30, _ACC_NOSC),
+    "restart-64-acc-nosc-8layers-30": (30, {**_ACC_NOSC, "num_layers": 8}),
+    "restart-64-nosc-30": (30, {"self_correction_fraction": 0.0, "per_scale": True}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
