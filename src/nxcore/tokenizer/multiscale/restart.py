@@ -48,17 +48,17 @@ class CodeRestarts(nn.Module):
         self.register_buffer("hits", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
         self.seen = 0
         self.restarted = 0
-        self._rows: tuple[Tensor, ...] | None = None
-        self._weights: Tensor | None = None
+        self._residuals: tuple[tuple[Tensor, ...], ...] = ()  # the last forward's, detached
+        self._distances: tuple[Tensor, ...] = ()
 
     @torch.no_grad()
     def observe(self, q: ResidualQuantization) -> None:
-        """Count the codes of ``q`` and keep its residual rows and distances for the next restart."""
+        """Count the codes of ``q`` and keep its residual rows and distances for the next restart
+        (joined only then, not on every forward; the rest of ``q`` is not held)."""
         for codes in q.codes:
             self.hits += torch.bincount(codes.reshape(-1), minlength=self.hits.numel())
         if q.residuals:
-            self._rows = tuple(torch.cat(parts) for parts in zip(*q.residuals, strict=True))
-            self._weights = torch.cat(q.distances).clamp_min(0)
+            self._residuals, self._distances = q.residuals, q.distances
         self.seen += 1
 
     @torch.no_grad()
@@ -66,10 +66,12 @@ class CodeRestarts(nn.Module):
         """Reseed the dead codes of ``codebooks`` (one [codes, dim] weight per stream, in the order of
         the residuals' streams; None leaves a stream's codewords alone) if a restart is due; returns
         how many codes moved (0 if not due)."""
-        if self.seen < self.every or self._rows is None:
+        if self.seen < self.every or not self._residuals:
             return 0
+        rows = tuple(torch.cat(parts) for parts in zip(*self._residuals, strict=True))
+        weights = torch.cat(self._distances).clamp_min(0)
         dead = (self.hits == 0).nonzero().reshape(-1)
-        moved = reseed(codebooks, dead, self._rows, self._weights, generator)
+        moved = reseed(codebooks, dead, rows, weights, generator)
         self.hits.zero_()
         self.seen = 0
         self.restarted += moved
