@@ -52,7 +52,7 @@ def measure(run_dir: Path, num: int) -> dict:
     t = tokenizer.config
     return {
         "run": str(run_dir), "size": size, "codebook_size": tokenizer.codebook_size,
-        "search": "cosine" if getattr(t, "normalize", True) else "euclidean",
+        "search": "cosine" if getattr(t, "quantizer", t).normalize else "euclidean",  # VQ: under quantizer
         "restart_every": getattr(t, "restart_every", 0), "train_seconds": _train_seconds(run_dir),
         "psnr": 10 * math.log10(4 / mse), "recon_shapeeval": shapeeval,
         "entropy_per_step": [round(e, 3) for e in entropy],
