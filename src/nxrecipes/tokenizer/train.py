@@ -275,17 +275,18 @@ def dual_codebook_training_tiny(
     on) and the search led by the pixel half, ``w_sem = 0.0`` (the semantic half still learns its
     codewords and ``decode_semantic`` works; w_sem 1 costs 2 dB).
 
-    ``changes`` are routed by name: ``DualCodebookConfig`` fields to the tokenizer, ``TrainConfig``
-    fields (``lr``, ``batch_size``, ...) to the loop. E.g. ``normalize=False, restart_every=20,
+    ``changes`` are routed by name: ``DualCodebookConfig`` fields and its branches' fields (``ch_mult``,
+    ``width``, ...) to the tokenizer, ``TrainConfig`` fields (``lr``, ``batch_size``, ...) to the loop. E.g. ``normalize=False, restart_every=20,
     codebook_size=64`` (Euclidean search with dead-code restarts) at 32 px, 10 minutes: PSNR 31.6 dB
     against 29.7, ShapeEval of the reconstructions 0.945 against 0.871, and 444 nats of code entropy
     per image against 769 (``benchmarks/results/tokenizers/codes.md``).
     """
-    from nxcore.tokenizer.dual import DualCodebookConfig, dual_tiny
+    from nxcore.tokenizer.dual import DualCodebookConfig, PixelConfig, SemanticConfig, dual_tiny
     from nxrecipes.train.run import route_changes, train_fields
 
+    branch_fields = {f.name for cls in (SemanticConfig, PixelConfig) for f in attrs.fields(cls)}
     routes = route_changes("dual_codebook_training_tiny", changes, {
-        "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"},
+        "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"} | branch_fields,
         "train": train_fields(),
     })
     tokenizer = dual_tiny(**{"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 8, "z_channels": 16,

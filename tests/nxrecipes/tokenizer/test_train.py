@@ -80,6 +80,13 @@ def test_dual_builder_routes_tokenizer_fields_to_the_tokenizer_and_the_rest_to_t
         dual_codebook_training_tiny(tmp_path, codebooks=64)
 
 
+def test_dual_builder_routes_branch_fields_and_the_schedule_follows_the_downsample(tmp_path):
+    cfg = dual_codebook_training_tiny(tmp_path, steps=5, size=32, ch_mult=(1, 2, 2, 2), width=24)
+    t = cfg.tokenizer
+    assert (t.pixel.ch_mult, t.semantic.width) == ((1, 2, 2, 2), 24)
+    assert cfg.objective.steps == ((1, 1), (2, 2), (3, 3), (4, 4))  # 32 px / downsample 8
+
+
 def test_a_minute_budget_fixes_the_steps_after_calibration(tmp_path):
     cfg = tiny_run(tmp_path, steps=10_000, checkpoint_every=0, log_every=5, min_lr_ratio=0.1)
     cfg = cfg.replace(minutes=0.05, eval_every=1000)
