@@ -259,16 +259,20 @@ def generate_image_codes(
     keep_log_probs: bool = False,
     progress: bool = False,
     on_forward: Callable[[str], None] | None = None,
+    given: Sequence[Tensor] = (),
 ) -> ImageGeneration:
     """One image per prompt, scale by scale over a KV cache (module docstring). ``uncond``: one
     unconditional prompt per prompt, needed when ``sampling.cfg`` guides any scale. ``on_forward``
     is called with ``"prompt"`` after the prefill and ``"scale k"`` once scale k is sampled (the
-    latency harness times the steps with it)."""
+    latency harness times the steps with it). ``given``: int64 [batch, h_k, w_k] codes of the first
+    ``len(given)`` scales (e.g. a real image's coarse scales), used instead of sampling them; the
+    model still runs those scales, so their ``logits`` / ``log_probs`` score the given codes."""
     sampling = sampling or ImageSampling()
     if not isinstance(schedule, ScaleSchedule):
         raise TypeError(f"schedule must be a ScaleSchedule, got {type(schedule).__name__}")
     steps = tuple(schedule.steps)
     sampling.check(len(steps))
+    given = _check_given(given, steps, len(prompts), model.config.vocabulary.codebook_size)
     _check_ratio(steps[-1])
     if len(steps) > model.config.max_scales:
         raise ValueError(
@@ -299,9 +303,12 @@ def generate_image_codes(
         cond = logits[:batch]
         un = [logits[batch:].flatten(0, 1)] if guided else []
         flat = cond.flatten(0, 1)
-        sampled = sampling.sampler(k, len(steps)).sample(
-            flat, un, step=k, num_steps=len(steps), generator=generator
-        ).view(batch, h, w)
+        if k < len(given):
+            sampled = given[k].to(flat.device)
+        else:
+            sampled = sampling.sampler(k, len(steps)).sample(
+                flat, un, step=k, num_steps=len(steps), generator=generator
+            ).view(batch, h, w)
         codes.append(torch.cat([sampled, sampled]) if guided else sampled)
         mark(f"scale {k}")
         if keep_logits:
@@ -311,6 +318,29 @@ def generate_image_codes(
             scores.append(dist.gather(1, sampled.reshape(-1, 1)).view(batch, h, w))
     return ImageGeneration([c[:batch] for c in codes], kept if keep_logits else None,
                            scores if keep_log_probs else None)
+
+
+def _check_given(given: object, steps: tuple, batch: int, codebook_size: int) -> list[Tensor]:
+    if isinstance(given, Tensor) or not isinstance(given, Sequence):
+        raise TypeError(f"given must be a sequence of code grids, one per scale, got {type(given).__name__}")
+    given = list(given)
+    if len(given) > len(steps):
+        raise ValueError(
+            f"given holds {len(given)} scales but the schedule has {len(steps)}; give at most that many"
+        )
+    for k, (codes, (h, w)) in enumerate(zip(given, steps, strict=False)):
+        if not isinstance(codes, Tensor) or codes.dtype != torch.int64 or tuple(codes.shape) != (batch, h, w):
+            got = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor) else type(codes).__name__
+            raise ValueError(
+                f"given[{k}] must be int64 codes of shape {(batch, h, w)} (one grid per prompt at scale {k}),"
+                f" got {got}"
+            )
+        if not 0 <= int(codes.min()) <= int(codes.max()) < codebook_size:
+            raise ValueError(
+                f"given[{k}] holds codes outside [0, {codebook_size}); pass the tokenizer's code indices, "
+                "not vocabulary ids"
+            )
+    return given
 
 
 def _check_ratio(grid: tuple[int, int]) -> None:

@@ -169,15 +169,17 @@ class NextFlowPipeline:
         return self.decode(out.codes, schedule, decoder=chosen, captions=captions, seed=seed)
 
     def image_codes(self, prompts: Sequence[str], *, sampling: ImageSampling | None = None, seed: int = 0,
-                    schedule: ScaleSchedule | None = None) -> list[Tensor]:
+                    schedule: ScaleSchedule | None = None, given: Sequence[Tensor] = ()) -> list[Tensor]:
         """The codes ``text_to_image`` decodes (same prompts, sampling and seed: the same codes), one
-        int64 [batch, h_k, w_k] grid per step; decode them with ``decode(codes, decoder=...)``."""
+        int64 [batch, h_k, w_k] grid per step; decode them with ``decode(codes, decoder=...)``.
+        ``given``: the first scales' codes, kept instead of sampled (e.g. ``encode(images)[:k]``: the
+        model completes a real image from its k coarsest scales)."""
         _check_strings("prompts", prompts)
         cond = [Example([self._text(p)]) for p in prompts]
         generator = torch.Generator(self.device).manual_seed(seed)
         return generate_image_codes(self.model, cond, schedule or self.schedule,
                                     uncond=[Example()] * len(cond), sampling=sampling,
-                                    generator=generator).codes
+                                    generator=generator, given=given).codes
 
     # --- tasks ----------------------------------------------------------------------------------
 

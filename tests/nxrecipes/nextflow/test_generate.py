@@ -141,3 +141,43 @@ def test_on_forward_marks_the_prefill_then_every_scale_in_order(world):
     names = []
     generate_image_codes(world.model(), [prompt(world, PROMPTS[0])], world.schedule, on_forward=names.append)
     assert names == ["prompt"] + [f"scale {k}" for k in range(world.schedule.num_steps)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_given_scales_are_kept_and_the_rest_follow_from_them(world, k):
+    model = world.model()
+    prompts = [prompt(world, t) for t in PROMPTS]
+    sampling = ImageSampling(cfg=2.0, top_k=4)
+    first = generate_image_codes(model, prompts, world.schedule, uncond=uncond(2), sampling=sampling,
+                                 generator=torch.Generator().manual_seed(0), keep_logits=True)
+    given = [c.flip(0) for c in first.codes[:k]]  # the other row's codes: not what this row would sample
+    out = generate_image_codes(model, prompts, world.schedule, uncond=uncond(2), sampling=sampling,
+                               generator=torch.Generator().manual_seed(1), keep_logits=True, given=given)
+    assert all(torch.equal(a, b) for a, b in zip(out.codes[:k], given, strict=False))
+    lo, hi = world.vocab.code_range
+    for b, p in enumerate(prompts):  # every scale's logits are those of the finished image, teacher-forced
+        batch = collate([Example([*p.parts, Image.of([c[b] for c in out.codes], world.schedule)])], world.vocab)
+        with torch.no_grad():
+            logits = model.logits(model(batch))[0, :, lo:hi]
+        start = batch.images[0].starts[-1].item()
+        teacher = logits[start : start + world.schedule.total_tokens]
+        torch.testing.assert_close(torch.cat([step[b] for step in out.logits]), teacher, atol=1e-4, rtol=1e-4)
+
+
+def test_given_all_scales_returns_them_unchanged(world):
+    codes = world.codes(2)
+    out = generate_image_codes(world.model(), [Example(), Example()], world.schedule, given=codes)
+    assert all(torch.equal(a, b) for a, b in zip(out.codes, codes, strict=True))
+
+
+def test_bad_given_codes_name_the_scale_and_the_fix(world):
+    model, p = world.model(), [prompt(world, PROMPTS[0])]
+    with pytest.raises(ValueError, match=r"given\[1\] must be int64 codes of shape \(1, 2, 2\)"):
+        generate_image_codes(model, p, world.schedule, given=[torch.zeros(1, 1, 1, dtype=torch.long),
+                                                              torch.zeros(1, 3, 3, dtype=torch.long)])
+    with pytest.raises(ValueError, match="outside"):
+        generate_image_codes(model, p, world.schedule, given=[torch.full((1, 1, 1), 10**6)])
+    with pytest.raises(ValueError, match="given holds 4 scales but the schedule has 3"):
+        generate_image_codes(model, p, world.schedule, given=[torch.zeros(1, 1, 1, dtype=torch.long)] * 4)
+    with pytest.raises(TypeError, match="given must be a sequence"):
+        generate_image_codes(model, p, world.schedule, given=torch.zeros(1, 1, 1, dtype=torch.long))
