@@ -5,7 +5,10 @@ model samples, for every k from 0 (plain text-to-image) to all (the tokenizer's 
     python benchmarks/nextflow_given_scales.py out/nextflow-quality/restart-64-acc-nosc-30 --greedy
 
 A score that stays low until k reaches the last scale says the model cannot draw that scale even from
-the true coarser ones. Also counted: objects the detector finds against objects in the scenes. The
+the true coarser ones. Also counted: objects the detector finds against objects in the scenes. A second
+table gives, per scale, the teacher-forced top-1 accuracy and NLL of the real codes on object cells
+(cells whose pixels show an object) and on background cells, against the NLL of always predicting the
+codes' own frequencies there (what a model that learned nothing about the cell would get). The
 record goes to ``benchmarks/results/nextflow/given-scales/NAME.json`` (``--out``) and a table is printed.
 """
 
@@ -17,18 +20,23 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import environment  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld, to_pil  # noqa: E402
+from nxrecipes.data.shapeworld.world import BACKGROUND  # noqa: E402
 from nxrecipes.eval.shapeeval import evaluate  # noqa: E402
 from nxrecipes.eval.shapeeval.detect import detect  # noqa: E402
 from nxrecipes.nextflow.evaluate import default_sampling  # noqa: E402
 from nxrecipes.nextflow.generate import ImageSampling  # noqa: E402
 from nxrecipes.nextflow.pipeline import NextFlowPipeline  # noqa: E402
+from nxrecipes.nextflow.sequence import collate  # noqa: E402
+from nxrecipes.nextflow.train import load_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nextflow" / "given-scales"
 
@@ -55,6 +63,72 @@ def given_scales(pipeline: NextFlowPipeline, *, num: int, sampling: ImageSamplin
     return rows
 
 
+def object_cells(image, grid: tuple[int, int]) -> torch.Tensor:
+    """bool [h·w]: the cells of ``grid`` holding any pixel that differs from the background."""
+    pixels = np.abs(np.asarray(image.convert("RGB"), dtype=np.float64) - np.array(BACKGROUND)).sum(-1) > 30
+    mask = torch.from_numpy(pixels).float()[None, None]
+    return F.adaptive_max_pool2d(mask, grid).flatten().bool()
+
+
+@torch.no_grad()
+def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16) -> list[dict]:
+    """Per scale: teacher-forced top-1 and NLL of the real codes on object and background cells, and
+    the entropy of those codes' own frequencies (the NLL of a predictor that ignores the context)."""
+    from nxrecipes.nextflow.data import ExampleBuilder
+
+    run = load_run(run_dir)
+    steps = list(run.schedule.steps)
+    size = run.image_tokenizer.downsample * steps[-1][0]
+    data = list(ShapeWorld(split="test", size=size, tasks=("t2i",), length=num, seed=seed))
+    builder = ExampleBuilder(text=run.text_tokenizer, vocabulary=run.vocabulary,
+                             image_tokenizer=run.image_tokenizer, schedule=run.schedule,
+                             self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
+    lo, hi = run.vocabulary.code_range
+    tokens = sum(h * w for h, w in steps)
+    hits, nlls, targets = [], [], []
+    for i in range(0, num, batch):
+        chunk = data[i : i + batch]
+        b = collate(builder.build(chunk, list(range(i, i + len(chunk)))), run.vocabulary)
+        rows = (b.targets >= lo) & (b.targets < hi)
+        logits = run.model.logits(run.model(b))[rows][:, lo:hi].float()
+        target = b.targets[rows] - lo
+        nll = -torch.log_softmax(logits, -1).gather(1, target[:, None])[:, 0]
+        hits.append((logits.argmax(-1) == target).view(len(chunk), tokens))
+        nlls.append(nll.view(len(chunk), tokens))
+        targets.append(target.view(len(chunk), tokens))
+    hit, nll, target = torch.cat(hits), torch.cat(nlls), torch.cat(targets)
+    out, start = [], 0
+    for k, (h, w) in enumerate(steps):
+        cells = slice(start, start + h * w)
+        start += h * w
+        objects = torch.stack([object_cells(r.image, (h, w)) for r in data])
+        row = {"scale": k, "grid": [h, w]}
+        for name, where in (("object", objects), ("background", ~objects)):
+            codes = target[:, cells][where]
+            if codes.numel() == 0:
+                continue
+            freq = torch.bincount(codes).float() / codes.numel()
+            freq = freq[freq > 0]
+            row[name] = {"cells": int(codes.numel()), "top1": hit[:, cells][where].float().mean().item(),
+                         "nll": nll[:, cells][where].mean().item(),
+                         "frequency_nll": -(freq * freq.log()).sum().item()}
+        out.append(row)
+    return out
+
+
+def _fit_table(rows: list[dict]) -> str:
+    lines = ["| scale | grid | object cells: share | top-1 | NLL | frequency NLL | background: top-1 | NLL "
+             "| frequency NLL |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, g = r.get("object"), r.get("background")
+        share = o["cells"] / (o["cells"] + (g["cells"] if g else 0)) if o else 0.0
+        keys = ("top1", "nll", "frequency_nll")
+        cols = [f"{share:.2f}"] + ([f"{o[k]:.3f}" for k in keys] if o else [""] * 3)
+        cols += [f"{g[k]:.3f}" for k in keys] if g else [""] * 3
+        lines.append(f"| {r['scale']} | {r['grid'][0]}x{r['grid'][1]} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a NextFlow run directory (nx nextflow train)")
@@ -71,9 +145,12 @@ def main() -> None:
     sampling = ImageSampling(top_k=1) if args.greedy else default_sampling(steps)
     print("| given scales | ShapeEval (test) | objects found / in the scenes |\n|---|---|---|", flush=True)
     rows = given_scales(pipeline, num=args.num, sampling=sampling)
+    fit = code_fit(args.run, num=args.num)
+    print("\n" + _fit_table(fit), flush=True)
     name = args.run.name + ("-greedy" if args.greedy else "")
     record = {"run": str(args.run), "sampling": "greedy" if args.greedy else "default_sampling",
               "num": args.num, "schedule": [list(s) for s in pipeline.schedule.steps], "rows": rows,
+              "code_fit": fit,
               "command": f"python benchmarks/nextflow_given_scales.py {args.run} -n {args.num}"
                          + (" --greedy" if args.greedy else ""),
               "environment": environment(load)}
