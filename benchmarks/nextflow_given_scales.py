@@ -8,8 +8,10 @@ A score that stays low until k reaches the last scale says the model cannot draw
 the true coarser ones. Also counted: objects the detector finds against objects in the scenes. A second
 table gives, per scale, the teacher-forced top-1 accuracy and NLL of the real codes on object cells
 (cells whose pixels show an object) and on background cells, against the NLL of always predicting the
-codes' own frequencies there (what a model that learned nothing about the cell would get). The
-record goes to ``benchmarks/results/nextflow/given-scales/NAME.json`` (``--out``) and a table is printed.
+codes' own frequencies there (what a model that learned nothing about the cell would get, had it been
+told whether the cell is object or background: on the coarsest grids it cannot know, so there it is a
+bound, not a baseline). The record goes to ``benchmarks/results/nextflow/given-scales/NAME.json``
+(``--out``) and a table is printed.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16) -> list
             freq = freq[freq > 0]
             row[name] = {"cells": int(codes.numel()), "top1": hit[:, cells][where].float().mean().item(),
                          "nll": nll[:, cells][where].mean().item(),
-                         "frequency_nll": -(freq * freq.log()).sum().item()}
+                         "frequency_nll": max(0.0, -(freq * freq.log()).sum().item())}
         out.append(row)
     return out
 

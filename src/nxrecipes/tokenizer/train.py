@@ -48,6 +48,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,12 +262,14 @@ def dual_codebook_training_tiny(
     train_images: int = 4096,
     eval_images: int = 256,
     eval_every: int = 100,
+    schedule: Sequence[tuple[int, int]] | None = None,
     **changes: Any,
 ) -> TokenizerTrainConfig:
     """NextFlow's dual-codebook tokenizer, CPU-sized, on ShapeWorld ``size`` px: pixel CNN ch 16,
     levels (1, 2, 2) (downsample 4), 256 shared-index codes with halves 8 (semantic) + 8 (pixel), a
     one-block ViT against the default frozen-copy teacher; VAR-style square schedule ending at
-    size / 4, batch 8. All branches train together (no ``stages``).
+    size / 4 (``schedule`` replaces it; it must end at that grid), batch 8. All branches train
+    together (no ``stages``).
 
     Chosen by from-scratch runs of 400 updates on ShapeWorld 64 px (the 15-minute result is in
     ``benchmarks/results/tokenizers/dual``): raw codewords with the cumulative VQ loss (``dual_tiny``;
@@ -275,27 +278,33 @@ def dual_codebook_training_tiny(
     on) and the search led by the pixel half, ``w_sem = 0.0`` (the semantic half still learns its
     codewords and ``decode_semantic`` works; w_sem 1 costs 2 dB).
 
-    ``changes`` are routed by name: ``DualCodebookConfig`` fields and its branches' fields (``ch_mult``,
-    ``width``, ...) to the tokenizer, ``TrainConfig`` fields (``lr``, ``batch_size``, ...) to the loop. E.g. ``normalize=False, restart_every=20,
-    codebook_size=64`` (Euclidean search with dead-code restarts) at 32 px, 10 minutes: PSNR 31.6 dB
-    against 29.7, ShapeEval of the reconstructions 0.945 against 0.871, and 444 nats of code entropy
-    per image against 769 (``benchmarks/results/tokenizers/codes.md``).
+    ``changes`` are routed by name: ``DualCodebookConfig`` fields and its branches' fields
+    (``ch_mult``, ``width``, ...) to the tokenizer, ``TrainConfig`` fields (``lr``, ``batch_size``,
+    ...) to the loop. E.g. ``normalize=False, restart_every=20, codebook_size=64`` (Euclidean search
+    with dead-code restarts) at 32 px, 10 minutes: PSNR 31.6 dB against 29.7, ShapeEval of the
+    reconstructions 0.945 against 0.871, and 444 nats of code entropy per image against 769
+    (``benchmarks/results/tokenizers/codes.md``).
     """
     from nxcore.tokenizer.dual import DualCodebookConfig, PixelConfig, SemanticConfig, dual_tiny
     from nxrecipes.train.run import route_changes, train_fields
 
-    branch_fields = {f.name for cls in (SemanticConfig, PixelConfig) for f in attrs.fields(cls)}
+    branches = {f.name for cls in (SemanticConfig, PixelConfig) for f in attrs.fields(cls)}
     routes = route_changes("dual_codebook_training_tiny", changes, {
-        "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"} | branch_fields,
+        "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"} | branches,
         "train": train_fields(),
     })
     tokenizer = dual_tiny(**{"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 8, "z_channels": 16,
                              "codebook_size": 256, "sem_dim": 8, "pix_dim": 8, "scale_drop": 0.0,
                              "w_sem": 0.0, **routes["tokenizer"]})
     grid = size // tokenizer.downsample
+    if schedule is not None and tuple(schedule[-1]) != (grid, grid):
+        raise ValueError(
+            f"schedule ends at {tuple(schedule[-1])} but {size} px at downsample {tokenizer.downsample} is a "
+            f"{grid}x{grid} grid; end the schedule at ({grid}, {grid})"
+        )
     return TokenizerTrainConfig(
         tokenizer=tokenizer,
-        objective=DualCodebookObjective(steps=square_schedule(grid)),
+        objective=DualCodebookObjective(steps=square_schedule(grid) if schedule is None else schedule),
         **_shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
                           routes["train"]),
     )
