@@ -37,10 +37,12 @@ from nxrecipes.train.metrics import read_metrics  # noqa: E402
 from nxrecipes.train.plot import plot_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nextflow"
-IMAGE_TOKENS = 155  # an image on the 32 px schedule: 1 + 4 + 9 + 16 + 25 + 36 + 64
+IMAGE_TOKENS = 155  # an image on the 32 px schedule at downsample 4 (records made before they stored it)
 
 _T2I = (("t2i", 1.0),)
+_GRID16 = ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16))
 _ACC_NOSC = {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}
+_DS2_T2I_A0 = {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16, "alpha": 0.0}
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextflow_training_tiny)
     "main-10": (10, {"per_scale": True}),
@@ -64,6 +66,13 @@ RUNS: dict[str, tuple[float, dict]] = {
     "restart-64-acc-nosc-30": (30, _ACC_NOSC),
     "restart-64-acc-nosc-8layers-30": (30, {**_ACC_NOSC, "num_layers": 8}),
     "restart-64-nosc-30": (30, {"self_correction_fraction": 0.0, "per_scale": True}),
+    # a finer final grid: 32 px at downsample 2 (--tokenizer out/tok-s32-ds2), steps 1, 2, 4, 8, 16, so
+    # an object spans 3.5-5.5 cells of the last step instead of 1.75-2.75
+    "ds2-acc-nosc-t2i-10": (10, {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16}),
+    "ds2-acc-nosc-30": (30, {**_ACC_NOSC, "schedule": _GRID16}),
+    # ... with every code weighted alike (alpha 0.9 weighs a 16x16 code 1/42 of a 2x2 code)
+    "ds2-acc-nosc-t2i-alpha0-10": (10, _DS2_T2I_A0),
+    "ds2-acc-nosc-t2i-alpha0-lr3e-3-10": (10, {**_DS2_T2I_A0, "lr": 3e-3}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
@@ -100,6 +109,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
     nll = heldout_nll(cfg.run_dir)
     record = {
         "name": name, "minutes": RUNS[name][0], "changes": RUNS[name][1], "steps": summary.step,
+        "tokenizer": str(tokenizer), "image_tokens": sum(h * w for h, w in pipeline.schedule.steps),
         "train_seconds": round(trained_s, 1), "threads": threads, "report": report,
         "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
         "heldout_nll": nll, "heldout_nll_shuffled_prompts": heldout_nll(cfg.run_dir, shuffled=True),
@@ -167,19 +177,22 @@ def summary() -> str:
 
 
 def nll_table() -> str:
-    """Held-out NLL per scale (``heldout_nll``) of every recorded run that has it."""
+    """Held-out NLL per scale (``heldout_nll``) of every recorded run that has it, and per image (the
+    figure to compare across tokenizers, whose schedules differ in length)."""
     paths = [RESULTS / f"{n}.json" for n in RUNS]
     records = [r for r in (json.loads(p.read_text()) for p in paths if p.exists()) if "heldout_nll" in r]
     if not records:
         return ""
-    keys = list(records[0]["heldout_nll"])
-    rows = ["| run (held-out NLL, nats) | " + " | ".join(keys) + " | prompt gap, nats per image |",
-            "|---|" + "---|" * (len(keys) + 1)]
+    keys = sorted({k for r in records for k in r["heldout_nll"]}, key=lambda k: (k == "image", len(k), k))
+    rows = ["| run (held-out NLL, nats) | " + " | ".join(keys)
+            + " | nats per image | prompt gap, nats per image |", "|---|" + "---|" * (len(keys) + 2)]
     for r in records:
         gap, nll = "", r["heldout_nll"]
+        tokens = r.get("image_tokens", IMAGE_TOKENS)
         if "heldout_nll_shuffled_prompts" in r:  # summed over an image's tokens
-            gap = f"{(r['heldout_nll_shuffled_prompts']['image'] - nll['image']) * IMAGE_TOKENS:.2f}"
-        rows.append(f"| {r['name']} | " + " | ".join(f"{nll[k]:.3f}" for k in keys) + f" | {gap} |")
+            gap = f"{(r['heldout_nll_shuffled_prompts']['image'] - nll['image']) * tokens:.2f}"
+        cells = [f"{nll[k]:.3f}" if k in nll else "" for k in keys]
+        rows.append(f"| {r['name']} | " + " | ".join(cells) + f" | {nll['image'] * tokens:.0f} | {gap} |")
     return "\n".join(rows)
 
 
