@@ -85,14 +85,14 @@ def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16) -> list
     builder = ExampleBuilder(text=run.text_tokenizer, vocabulary=run.vocabulary,
                              image_tokenizer=run.image_tokenizer, schedule=run.schedule,
                              self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
-    lo, hi = run.vocabulary.code_range
+    lo = run.vocabulary.code_range[0]
     tokens = sum(h * w for h, w in steps)
     hits, nlls, targets = [], [], []
     for i in range(0, num, batch):
         chunk = data[i : i + batch]
         b = collate(builder.build(chunk, list(range(i, i + len(chunk)))), run.vocabulary)
-        rows = (b.targets >= lo) & (b.targets < hi)
-        logits = run.model.logits(run.model(b))[rows][:, lo:hi].float()
+        rows = run.vocabulary.is_code(b.targets)
+        logits = run.model.code_logits(run.model(b)[rows])
         target = b.targets[rows] - lo
         nll = -torch.log_softmax(logits, -1).gather(1, target[:, None])[:, 0]
         hits.append((logits.argmax(-1) == target).view(len(chunk), tokens))
