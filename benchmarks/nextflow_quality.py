@@ -42,7 +42,8 @@ IMAGE_TOKENS = 155  # an image on the 32 px schedule at downsample 4 (records ma
 _T2I = (("t2i", 1.0),)
 _GRID16 = ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16))
 _ACC_NOSC = {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}
-_DS2_T2I_A0 = {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16, "alpha": 0.0}
+_DS2_T2I = {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16}
+_DS2_T2I_A0 = {**_DS2_T2I, "alpha": 0.0}
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextflow_training_tiny)
     "main-10": (10, {"per_scale": True}),
@@ -68,11 +69,15 @@ RUNS: dict[str, tuple[float, dict]] = {
     "restart-64-nosc-30": (30, {"self_correction_fraction": 0.0, "per_scale": True}),
     # a finer final grid: 32 px at downsample 2 (--tokenizer out/tok-s32-ds2), steps 1, 2, 4, 8, 16, so
     # an object spans 3.5-5.5 cells of the last step instead of 1.75-2.75
-    "ds2-acc-nosc-t2i-10": (10, {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16}),
+    "ds2-acc-nosc-t2i-10": (10, _DS2_T2I),
     "ds2-acc-nosc-30": (30, {**_ACC_NOSC, "schedule": _GRID16}),
     # ... with every code weighted alike (alpha 0.9 weighs a 16x16 code 1/42 of a 2x2 code)
     "ds2-acc-nosc-t2i-alpha0-10": (10, _DS2_T2I_A0),
     "ds2-acc-nosc-t2i-alpha0-lr3e-3-10": (10, {**_DS2_T2I_A0, "lr": 3e-3}),
+    # ... with two GridRefiner blocks (3x3 convolutions over each scale's grid before the head): a
+    # 2-layer conv on the last step's inputs out-predicted the 30-minute decoder there
+    "ds2-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
+    "ds2-acc-nosc-t2i-alpha0-refine2-10": (10, {**_DS2_T2I_A0, "refiner_blocks": 2}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 

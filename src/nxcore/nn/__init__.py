@@ -7,6 +7,7 @@ from nxcore.nn.adaln import AdaLNFinalLayer, AdaLNResBlock, fold_affine
 from nxcore.nn.attention import Attention, causal_mask
 from nxcore.nn.cache import KVCache
 from nxcore.nn.decoder import DecoderLayer, DecoderLayerConfig, forward_layers
+from nxcore.nn.grid_refiner import GridRefiner
 from nxcore.nn.mlp import SwiGLUMLP
 from nxcore.nn.norm import RMSNorm
 
@@ -16,6 +17,7 @@ __all__ = [
     "Attention",
     "DecoderLayer",
     "DecoderLayerConfig",
+    "GridRefiner",
     "KVCache",
     "RMSNorm",
     "SwiGLUMLP",

@@ -46,7 +46,9 @@ class NextFlowConfig(Config):
     visual code embeddings are initialised; ``up``/``down``: the resampling of next-scale inputs
     (the tokenizer's own modes). ``max_seq_len``: the longest sequence generation accepts (prompt +
     generated tokens). ``init_std``: the N(0, init_std) init of linear and embedding
-    weights (Qwen2's ``initializer_range``)."""
+    weights (Qwen2's ``initializer_range``). ``refiner_blocks``: residual 3x3 convolution blocks
+    (``GridRefiner``) over each image scale's grid of final hidden states before the head; 0 (the
+    paper's plain decoder) builds none."""
 
     layer: DecoderLayerConfig
     num_layers: int = attrs.field(validator=integer(at_least=1))
@@ -62,6 +64,7 @@ class NextFlowConfig(Config):
     rope_sections: tuple[int, ...] | None = attrs.field(default=None, converter=_sections)
     range_factor: float = attrs.field(default=64.0, validator=finite_number(above=0.0))
     init_std: float = attrs.field(default=0.02, validator=finite_number(above=0.0))
+    refiner_blocks: int = attrs.field(default=0, validator=integer(at_least=0))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.layer, DecoderLayerConfig):

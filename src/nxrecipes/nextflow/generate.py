@@ -150,6 +150,7 @@ class Session:
         x = model.embed(batch.ids, batch.layouts, batch.images)
         mask = model.attention(batch.layouts, seq, dense=True)["attn_mask"]
         hidden = model.run_layers(x, model.positions(batch.layouts, seq), caches=self.caches, attn_mask=mask)
+        hidden = model.refine(hidden, batch.layouts)
         index = torch.tensor([max(n - 1, 0) for n in lengths], device=device)
         self.last = hidden[torch.arange(rows, device=device), index][:, None]  # [batch, 1, dim]
         self.length = seq
@@ -208,7 +209,7 @@ class Session:
         else:
             x = model.step_input(codes[:step], schedule).flatten(2).transpose(1, 2)
         positions, extra = self._slice(DiscreteImage(schedule), offset, h * w)
-        hidden = self._append(x.to(extra.dtype) + extra, positions)
+        hidden = model.refine_step(self._append(x.to(extra.dtype) + extra, positions), h, w)
         if step == len(steps) - 1:
             for segs in self.segments:
                 segs.append(DiscreteImage(schedule))

@@ -17,9 +17,10 @@ Positions: multiscale 3D RoPE per row (``rope.positions(layout)``). Attention: t
 pattern of each row's layout — one ``ScaleBlocks`` through ``scale_attention`` when every row has
 the same layout and no padding, otherwise a dense [batch, 1, seq, seq] mask.
 
-Output: the final RMSNorm, then ``head`` (a ``DiscreteHead``: one shared ``LinearHead``, or a
-``SplitHead`` for the separate-heads ablation). ``loss`` runs the head's fused cross-entropy with the
-per-token weights of the batch (scale reweighting, Eq. 2).
+Output: the final RMSNorm, the optional ``refiner`` (``GridRefiner`` convolutions over each image
+scale's grid, ``config.refiner_blocks``; not in the paper), then ``head`` (a ``DiscreteHead``: one
+shared ``LinearHead``, or a ``SplitHead`` for the separate-heads ablation). ``loss`` runs the
+head's fused cross-entropy with the per-token weights of the batch (scale reweighting, Eq. 2).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nxcore.head import IGNORE_INDEX, DiscreteHead
-from nxcore.layout import Modality, SequenceLayout
-from nxcore.nn import KVCache, RMSNorm
+from nxcore.layout import DiscreteImage, Modality, SequenceLayout
+from nxcore.nn import GridRefiner, KVCache, RMSNorm
 from nxcore.position import LearnedScaleEmbedding, ScaleLengthEmbedding
 from nxcore.schedule.protocol import ScaleSchedule
 from nxcore.tokenizer.multiscale.quantizer import CodebookStream, as_steps, next_scale_inputs
@@ -58,6 +59,7 @@ class NextFlow(nn.Module):
         self.scale_embed = LearnedScaleEmbedding(c.max_scales, dim)
         self.scale_length = ScaleLengthEmbedding(dim)
         self.scale_length_proj = nn.Linear(dim, dim, bias=False)
+        self.refiner = GridRefiner(dim, c.refiner_blocks) if c.refiner_blocks else None
         self.head: DiscreteHead = c.resolved_head.build()
         self.register_buffer("valid", c.vocabulary.valid_mask(), persistent=False)
         self.reset_parameters()
@@ -70,6 +72,8 @@ class NextFlow(nn.Module):
                 nn.init.normal_(module.weight, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        if self.refiner is not None:
+            self.refiner.reset_parameters()
 
     # --- pieces ---------------------------------------------------------------------------------
 
@@ -202,6 +206,33 @@ class NextFlow(nn.Module):
         out, _ = self.norm(m, residual=h)
         return out
 
+    def refine(self, hidden: Tensor, layouts: Sequence[SequenceLayout]) -> Tensor:
+        """[batch, seq, dim] ``hidden`` with every discrete image scale's positions passed through
+        the ``refiner`` on their grid (unchanged without one)."""
+        if self.refiner is None:
+            return hidden
+        seq, dim = hidden.shape[1], hidden.shape[2]
+        grids: dict[tuple[int, int], list[int]] = {}
+        for b, layout in enumerate(layouts):
+            for span in layout.images:
+                if not isinstance(span.segment, DiscreteImage):
+                    continue
+                start = b * seq + span.start
+                for h, w in span.steps:
+                    grids.setdefault((h, w), []).extend(range(start, start + h * w))
+                    start += h * w
+        flat = hidden.reshape(-1, dim)
+        for (h, w), positions in grids.items():
+            index = torch.tensor(positions, device=hidden.device)
+            refined = self.refiner(flat[index].view(-1, h * w, dim), h, w)
+            flat = flat.index_put((index,), refined.reshape(-1, dim))
+        return flat.view_as(hidden)
+
+    def refine_step(self, hidden: Tensor, h: int, w: int) -> Tensor:
+        """[batch, h·w, dim] hidden states of one image scale through the ``refiner`` (``refine``
+        for KV-cached generation, one scale at a time)."""
+        return hidden if self.refiner is None else self.refiner(hidden, h, w)
+
     def logits(self, hidden: Tensor) -> Tensor:
         """[..., vocab] float32 logits, padding ids at -inf."""
         flat = self.head.predict(hidden.reshape(-1, hidden.shape[-1])).float()
@@ -230,6 +261,7 @@ class NextFlow(nn.Module):
         seq = batch.ids.shape[1]
         x = self.embed(batch.ids, batch.layouts, batch.images)
         hidden = self.run_layers(x, self.positions(batch.layouts, seq), **self.attention(batch.layouts, seq))
+        hidden = self.refine(hidden, batch.layouts)
         return self._loss(hidden, batch, detail, per_scale) if with_loss else hidden
 
     def loss(self, batch: Batch, *, detail: bool = False, per_scale: bool = False

@@ -133,6 +133,8 @@ def policy_log_probs(model: NextFlow, rollout: Rollout, scales: int) -> Tensor:
     hidden = model.run_layers(x[:, :end], positions[:, :end], attn_mask=mask[:, :, :end, :end])
     index = starts[:, None] + torch.arange(sum(sizes), device=device)
     picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+    picked = torch.cat([model.refine_step(part, h, w) for part, (h, w)
+                        in zip(picked.split(sizes, dim=1), steps, strict=False)], dim=1)
     logits = model.code_logits(picked)
     out, offset = [], 0
     for k, size in enumerate(sizes):

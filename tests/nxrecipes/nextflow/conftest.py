@@ -33,6 +33,15 @@ class World:
         model.init_code_embeddings(self.image, generator=torch.Generator().manual_seed(0))
         return model
 
+    def refined_model(self):
+        """A model with a two-block ``GridRefiner`` whose weights are moved off their identity init."""
+        model = self.model(refiner_blocks=2)
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for p in model.refiner.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        return model
+
     def codes(self, n: int, seed: int = 0):
         images = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
         return self.image.encode(images, self.schedule)

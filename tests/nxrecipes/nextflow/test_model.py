@@ -10,8 +10,9 @@ def example(world, codes, index, prompt="a red circle", **kw):
                     Text([world.vocab.special_id("<eos>")])], **kw)
 
 
-def test_padded_rows_give_the_hidden_states_of_each_row_alone(world):
-    model = world.model()
+@pytest.mark.parametrize("refined", [False, True])
+def test_padded_rows_give_the_hidden_states_of_each_row_alone(world, refined):
+    model = world.refined_model() if refined else world.model()
     codes = world.codes(2)
     long = example(world, codes, 0, "a big blue square on the left of a small circle")
     short = example(world, codes, 1)
@@ -33,6 +34,29 @@ def test_block_path_equals_the_dense_mask_path(world):
         dense = model.run_layers(x, pos, **model.attention(batch.layouts, seq, dense=True))
     assert "blocks" in model.attention(batch.layouts, seq)
     torch.testing.assert_close(blocks, dense, atol=2e-5, rtol=1e-4)
+
+
+def test_the_refiner_moves_each_image_scale_on_its_own_grid_and_leaves_text_alone(world):
+    model = world.refined_model()
+    codes = world.codes(2)
+    batch = collate([example(world, codes, 0), example(world, codes, 1, "a big blue square")], world.vocab)
+    seq = batch.ids.shape[1]
+    with torch.no_grad():
+        x = model.embed(batch.ids, batch.layouts, batch.images)
+        plain = model.run_layers(x, model.positions(batch.layouts, seq), **model.attention(batch.layouts, seq))
+        refined = model(batch)
+    expected = plain.clone()
+    for b, layout in enumerate(batch.layouts):
+        (span,) = layout.images
+        start = span.start
+        for h, w in world.schedule.steps:
+            expected[b, start : start + h * w] = model.refine_step(plain[b : b + 1, start : start + h * w], h, w)
+            start += h * w
+    torch.testing.assert_close(refined, expected)
+    image = torch.zeros(seq, dtype=torch.bool)
+    image[span.start : span.end] = True
+    assert torch.equal(refined[1, ~image], plain[1, ~image])
+    assert not torch.allclose(refined[1, image], plain[1, image])
 
 
 @pytest.mark.parametrize("mode", ["residual", "accumulated"])
