@@ -77,7 +77,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     # ... with two GridRefiner blocks (3x3 convolutions over each scale's grid before the head): a
     # 2-layer conv on the last step's inputs out-predicted the 30-minute decoder there
     "ds2-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
-    "ds2-acc-nosc-t2i-alpha0-refine2-10": (10, {**_DS2_T2I_A0, "refiner_blocks": 2}),
+    "ds2-acc-nosc-t2i-refine2-30": (30, {**_DS2_T2I, "refiner_blocks": 2}),
+    "ds2-acc-nosc-refine2-30": (30, {**_ACC_NOSC, "schedule": _GRID16, "refiner_blocks": 2}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
