@@ -82,6 +82,10 @@ RUNS: dict[str, tuple[float, dict]] = {
     # reconstructs at the same ShapeEval on them): less of each cell left to independent draws
     "ds2-acc-nosc-t2i-gentle-10": (10, {**_DS2_T2I, "schedule": _GRID16_GENTLE}),
     "ds2-acc-nosc-t2i-refine2-gentle-10": (10, {**_DS2_T2I, "schedule": _GRID16_GENTLE, "refiner_blocks": 2}),
+    # ... over tokenizers trained with NextFlow's scale dropping (--tokenizer out/tok-s32-ds2-drop0.5,
+    # -drop0.25): without it the steps before the last decode to 14-19 dB, the last step holds the image
+    "drop0.5-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
+    "drop0.25-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
     "ds2-acc-nosc-t2i-refine2-30": (30, {**_DS2_T2I, "refiner_blocks": 2}),
     "ds2-acc-nosc-refine2-30": (30, {**_ACC_NOSC, "schedule": _GRID16, "refiner_blocks": 2}),
 }

@@ -6,7 +6,10 @@ For each tokenizer run directory, on ``--num`` test-split ShapeWorld images at t
 of the reconstruction, ShapeEval of the reconstructions against the images' prompts (the ceiling a
 generator over these codes can reach), the unigram entropy of every step's codes (nats per code; its
 sum over an image's codes is what a model that learned nothing but code frequencies would pay), and
-how many distinct codes a flat background image gets per step (1 is ideal: nothing to encode).
+how many distinct codes a flat background image gets per step (1 is ideal: nothing to encode), and
+the PSNR of the image decoded from the first k steps alone, k = 1..K (how much of the image the coarse
+steps carry: a next-scale generator draws each step's codes independently given the coarser ones, so a
+tokenizer that leaves the image to its last step leaves it to independent draws).
 Prints a table; writes ``codes.json`` and ``codes.md`` to ``--out`` (``benchmarks/results/tokenizers``).
 """
 
@@ -46,6 +49,8 @@ def measure(run_dir: Path, num: int) -> dict:
     codes = tokenizer.encode(images, schedule)
     recon = tokenizer.decode(codes, schedule)
     mse = float((recon - images).square().mean())
+    prefix_mse = [float((tokenizer.decode(codes[:k], schedule) - images).square().mean())
+                  for k in range(1, len(codes) + 1)]
     shapeeval = evaluate([to_pil((x + 1) / 2) for x in recon], [r.spec for r in records]).overall
     entropy = code_usage(codes, tokenizer.codebook_size).perplexity.log().tolist()
     cells = [h * w for h, w in schedule.steps]
@@ -53,11 +58,13 @@ def measure(run_dir: Path, num: int) -> dict:
     return {
         "run": str(run_dir), "size": size, "codebook_size": tokenizer.codebook_size,
         "search": "cosine" if getattr(t, "quantizer", t).normalize else "euclidean",  # VQ: under quantizer
-        "restart_every": getattr(t, "restart_every", 0), "train_seconds": _train_seconds(run_dir),
+        "restart_every": getattr(t, "restart_every", 0), "scale_drop": getattr(t, "scale_drop", 0.0),
+        "train_seconds": _train_seconds(run_dir),
         "psnr": 10 * math.log10(4 / mse), "recon_shapeeval": shapeeval,
         "entropy_per_step": [round(e, 3) for e in entropy],
         "nats_per_image": sum(e * n for e, n in zip(entropy, cells, strict=True)),
         "flat_distinct_per_step": [int(c.unique().numel()) for c in tokenizer.encode(flat, schedule)],
+        "prefix_psnr": [round(10 * math.log10(4 / m), 1) for m in prefix_mse],
     }
 
 
@@ -76,8 +83,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     rows = [measure(run, args.num) for run in args.runs]
-    columns = ["run", "codebook_size", "search", "restart_every", "train_seconds", "psnr", "recon_shapeeval",
-               "nats_per_image", "entropy_per_step", "flat_distinct_per_step"]
+    columns = ["run", "codebook_size", "search", "restart_every", "scale_drop", "train_seconds", "psnr",
+               "recon_shapeeval", "nats_per_image", "entropy_per_step", "flat_distinct_per_step",
+               "prefix_psnr"]
     table = markdown(rows, columns)
     print(table)
     write_json(args.out / "codes.json", {"rows": rows, "num": args.num, "environment": environment(load),
