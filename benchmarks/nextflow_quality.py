@@ -86,6 +86,7 @@ RUNS: dict[str, tuple[float, dict]] = {
     # -drop0.25): without it the steps before the last decode to 14-19 dB, the last step holds the image
     "drop0.5-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
     "drop0.25-acc-nosc-t2i-refine2-10": (10, {**_DS2_T2I, "refiner_blocks": 2}),
+    "drop0.5-acc-nosc-t2i-refine2-30": (30, {**_DS2_T2I, "refiner_blocks": 2}),
     "ds2-acc-nosc-t2i-refine2-30": (30, {**_DS2_T2I, "refiner_blocks": 2}),
     "ds2-acc-nosc-refine2-30": (30, {**_ACC_NOSC, "schedule": _GRID16, "refiner_blocks": 2}),
 }
