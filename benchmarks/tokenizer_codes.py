@@ -47,10 +47,9 @@ def measure(run_dir: Path, num: int) -> dict:
     images = torch.stack([to_float(r.image) for r in records]) * 2 - 1
     flat = to_float(Image.new("RGB", (size, size), BACKGROUND))[None] * 2 - 1
     codes = tokenizer.encode(images, schedule)
-    recon = tokenizer.decode(codes, schedule)
-    mse = float((recon - images).square().mean())
-    prefix_mse = [float((tokenizer.decode(codes[:k], schedule) - images).square().mean())
-                  for k in range(1, len(codes) + 1)]
+    prefixes = [tokenizer.decode(codes[:k], schedule) for k in range(1, len(codes) + 1)]
+    prefix_mse = [float((x - images).square().mean()) for x in prefixes]
+    recon, mse = prefixes[-1], prefix_mse[-1]
     shapeeval = evaluate([to_pil((x + 1) / 2) for x in recon], [r.spec for r in records]).overall
     entropy = code_usage(codes, tokenizer.codebook_size).perplexity.log().tolist()
     cells = [h * w for h, w in schedule.steps]
