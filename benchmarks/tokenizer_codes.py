@@ -9,7 +9,9 @@ sum over an image's codes is what a model that learned nothing but code frequenc
 how many distinct codes a flat background image gets per step (1 is ideal: nothing to encode), and
 the PSNR of the image decoded from the first k steps alone, k = 1..K (how much of the image the coarse
 steps carry: a next-scale generator draws each step's codes independently given the coarser ones, so a
-tokenizer that leaves the image to its last step leaves it to independent draws).
+tokenizer that leaves the image to its last step leaves it to independent draws), and ShapeEval of
+the images whose last step is redrawn from that step's code frequencies (seeded): the score of a
+generator that gets every coarser step right and learned nothing at the last.
 Prints a table; writes ``codes.json`` and ``codes.md`` to ``--out`` (``benchmarks/results/tokenizers``).
 """
 
@@ -51,6 +53,12 @@ def measure(run_dir: Path, num: int) -> dict:
     prefix_mse = [float((x - images).square().mean()) for x in prefixes]
     recon, mse = prefixes[-1], prefix_mse[-1]
     shapeeval = evaluate([to_pil((x + 1) / 2) for x in recon], [r.spec for r in records]).overall
+    last = codes[-1]
+    frequencies = torch.bincount(last.reshape(-1), minlength=tokenizer.codebook_size).float()
+    drawn = torch.multinomial(frequencies, last.numel(), replacement=True,
+                              generator=torch.Generator().manual_seed(0)).view_as(last)
+    redrawn = tokenizer.decode([*codes[:-1], drawn], schedule)
+    redrawn_shapeeval = evaluate([to_pil((x + 1) / 2) for x in redrawn], [r.spec for r in records]).overall
     entropy = code_usage(codes, tokenizer.codebook_size).perplexity.log().tolist()
     cells = [h * w for h, w in schedule.steps]
     t = tokenizer.config
@@ -64,6 +72,7 @@ def measure(run_dir: Path, num: int) -> dict:
         "nats_per_image": sum(e * n for e, n in zip(entropy, cells, strict=True)),
         "flat_distinct_per_step": [int(c.unique().numel()) for c in tokenizer.encode(flat, schedule)],
         "prefix_psnr": [round(10 * math.log10(4 / m), 1) for m in prefix_mse],
+        "last_step_redrawn_shapeeval": redrawn_shapeeval,
     }
 
 
@@ -84,7 +93,7 @@ def main() -> None:
     rows = [measure(run, args.num) for run in args.runs]
     columns = ["run", "codebook_size", "search", "restart_every", "scale_drop", "train_seconds", "psnr",
                "recon_shapeeval", "nats_per_image", "entropy_per_step", "flat_distinct_per_step",
-               "prefix_psnr"]
+               "prefix_psnr", "last_step_redrawn_shapeeval"]
     table = markdown(rows, columns)
     print(table)
     write_json(args.out / "codes.json", {"rows": rows, "num": args.num, "environment": environment(load),
