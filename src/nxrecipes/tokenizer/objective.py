@@ -278,11 +278,17 @@ class DualCodebookObjective(Config, TokenizerObjective, StagedObjective):
     name (``"pixel"``, ``"semantic"``, ``"joint"``, ``"decoder"``); e.g. ``(("pixel", 0.3),
     ("joint", 0.7))``. The trainer enters each stage at its first update (``StagedObjective``),
     resumed runs included. Empty (default): every branch trains throughout, as built.
+
+    ``truncate``: the share of training forwards that quantize and decode only the first j steps, j
+    uniform in 1..K-1 (``keep_steps``), so the decoder learns to draw the image so far and the coarse
+    steps must carry it; the other forwards use the tokenizer's own choice (all steps, or its
+    ``scale_drop``). 0 (default): never.
     """
 
     steps: tuple[tuple[int, int], ...] = attrs.field(converter=_steps)
     stages: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_stage_list,
                                                         validator=_check_stages)
+    truncate: float = attrs.field(default=0.0, validator=[finite_number(at_most=1.0), non_negative()])
 
     def build(self) -> Self:
         return self
@@ -299,11 +305,19 @@ class DualCodebookObjective(Config, TokenizerObjective, StagedObjective):
                 f"DualCodebookObjective trains a DualCodebookTokenizer, got {type(model).__name__}; pick "
                 "the objective of your tokenizer (MultiScaleVQObjective for the VAR-style VQ)"
             )
-        out = model(_check_images(images), self.schedule)
+        out = model(_check_images(images), self.schedule, keep=self.keep_steps())
         parts = {name: value.detach() for name, value in out.losses.items()}
         parts["vq"] = out.loss.detach()
         return TokenizerLoss(total=out.total, parts=parts, codes=list(out.codes),
                              reconstruction=out.reconstruction.detach())
+
+    def keep_steps(self, generator: torch.Generator | None = None) -> tuple[int, ...] | None:
+        """The steps one training forward keeps: with probability ``truncate`` the first j, j uniform in
+        1..K-1; otherwise None (the tokenizer decides)."""
+        k = len(self.steps)
+        if k < 2 or self.truncate == 0 or float(torch.rand((), generator=generator)) >= self.truncate:
+            return None
+        return tuple(range(int(torch.randint(1, k, (), generator=generator))))
 
     def reconstruct(self, model: nn.Module, images: Tensor) -> Reconstruction:
         return _discrete_reconstruct(model, images, self.schedule)

@@ -280,8 +280,9 @@ def dual_codebook_training_tiny(
 
     ``changes`` are routed by name: ``DualCodebookConfig`` fields and its branches' fields
     (``ch_mult``, ``width``, ...) to the tokenizer, ``TrainConfig`` fields (``lr``, ``batch_size``,
-    ...) to the loop. E.g. ``normalize=False, restart_every=20, codebook_size=64`` (Euclidean search
-    with dead-code restarts) at 32 px, 10 minutes: PSNR 31.6 dB against 29.7, ShapeEval of the
+    ...) to the loop, ``stages`` and ``truncate`` to ``DualCodebookObjective``. E.g.
+    ``normalize=False, restart_every=20, codebook_size=64`` (Euclidean search with dead-code restarts)
+    at 32 px, 10 minutes: PSNR 31.6 dB against 29.7, ShapeEval of the
     reconstructions 0.945 against 0.871, and 444 nats of code entropy per image against 769
     (``benchmarks/results/tokenizers/codes.md``).
     """
@@ -292,6 +293,7 @@ def dual_codebook_training_tiny(
     routes = route_changes("dual_codebook_training_tiny", changes, {
         "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"} | branches,
         "train": train_fields(),
+        "objective": {"stages", "truncate"},
     })
     tokenizer = dual_tiny(**{"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 8, "z_channels": 16,
                              "codebook_size": 256, "sem_dim": 8, "pix_dim": 8, "scale_drop": 0.0,
@@ -304,7 +306,8 @@ def dual_codebook_training_tiny(
         )
     return TokenizerTrainConfig(
         tokenizer=tokenizer,
-        objective=DualCodebookObjective(steps=square_schedule(grid) if schedule is None else schedule),
+        objective=DualCodebookObjective(steps=square_schedule(grid) if schedule is None else schedule,
+                                        **routes["objective"]),
         **_shapeworld_run(run_dir, minutes, steps, size, train_images, eval_images, eval_every,
                           routes["train"]),
     )

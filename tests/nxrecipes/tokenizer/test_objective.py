@@ -130,3 +130,34 @@ def test_dual_stages_split_the_updates_in_order_and_round_trip_json():
 def test_bad_dual_stages_are_named(stages, error, match):
     with pytest.raises(error, match=match):
         DualCodebookObjective(steps=VQ_STEPS, stages=stages)
+
+
+def test_dual_truncate_trains_on_prefixes_that_decode_to_the_image_so_far(images):
+    g = torch.Generator().manual_seed(0)
+    always = DualCodebookObjective(steps=VQ_STEPS, truncate=1.0)
+    assert {always.keep_steps(g) for _ in range(200)} == {tuple(range(j)) for j in range(1, len(VQ_STEPS))}
+    assert DualCodebookObjective(steps=VQ_STEPS).keep_steps(g) is None
+    half = DualCodebookObjective(steps=VQ_STEPS, truncate=0.5)
+    assert 0.4 < sum(half.keep_steps(g) is None for _ in range(400)) / 400 < 0.6
+    assert DualCodebookObjective.from_json(half.to_json()) == half
+
+    torch.manual_seed(0)
+    from nxcore.tokenizer.dual import dual_tiny
+
+    model = dual_tiny(ch_mult=(1, 2, 2), codebook_size=16, scale_drop=0.0).build()
+    out = always.loss(model, images)
+    kept = len(out.codes)
+    assert 1 <= kept < len(VQ_STEPS)
+    assert [tuple(c.shape[1:]) for c in out.codes] == list(VQ_STEPS[:kept])
+    model.eval()
+    torch.testing.assert_close(out.reconstruction.clamp(-1, 1), model.decode(out.codes, Schedule(VQ_STEPS)),
+                               rtol=1e-4, atol=1e-4)  # decode clamps
+    with pytest.raises(ValueError, match="truncate"):
+        DualCodebookObjective(steps=VQ_STEPS, truncate=1.5)
+
+
+def test_dual_training_tiny_routes_truncate_to_the_objective(tmp_path):
+    from nxrecipes.tokenizer.train import dual_codebook_training_tiny
+
+    cfg = dual_codebook_training_tiny(tmp_path, steps=1, size=32, truncate=0.25, lr=1e-3)
+    assert cfg.objective.truncate == 0.25 and cfg.train.lr == 1e-3
