@@ -66,7 +66,7 @@ def measure(run_dir: Path, num: int) -> dict:
         "run": str(run_dir), "size": size, "codebook_size": tokenizer.codebook_size,
         "search": "cosine" if getattr(t, "quantizer", t).normalize else "euclidean",  # VQ: under quantizer
         "restart_every": getattr(t, "restart_every", 0), "scale_drop": getattr(t, "scale_drop", 0.0),
-        "train_seconds": _train_seconds(run_dir),
+        "truncate": getattr(run.objective, "truncate", 0.0), "train_seconds": _train_seconds(run_dir),
         "psnr": 10 * math.log10(4 / mse), "recon_shapeeval": shapeeval,
         "entropy_per_step": [round(e, 3) for e in entropy],
         "nats_per_image": sum(e * n for e, n in zip(entropy, cells, strict=True)),
@@ -91,8 +91,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     rows = [measure(run, args.num) for run in args.runs]
-    columns = ["run", "codebook_size", "search", "restart_every", "scale_drop", "train_seconds", "psnr",
-               "recon_shapeeval", "nats_per_image", "entropy_per_step", "flat_distinct_per_step",
+    columns = ["run", "codebook_size", "search", "restart_every", "scale_drop", "truncate", "train_seconds",
+               "psnr", "recon_shapeeval", "nats_per_image", "entropy_per_step", "flat_distinct_per_step",
                "prefix_psnr", "last_step_redrawn_shapeeval"]
     table = markdown(rows, columns)
     print(table)
