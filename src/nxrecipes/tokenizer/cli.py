@@ -54,12 +54,13 @@ def _training_config(args: argparse.Namespace) -> TokenizerTrainConfig:
         if value is not None:
             changes[name] = value
     dual = {"codebook_size": args.codes, "restart_every": args.restart_every,
-            "normalize": None if args.search is None else args.search == "cosine"}
+            "normalize": None if args.search is None else args.search == "cosine",
+            "scale_drop": args.scale_drop, "truncate": args.truncate}
     dual = {k: v for k, v in dual.items() if v is not None}
     if dual and args.kind != "dual":
         raise ValueError(
-            f"--codes, --search and --restart-every set the dual-codebook tokenizer; got --kind {args.kind}. "
-            "Use --kind dual, or leave them out"
+            f"--codes, --search, --restart-every, --scale-drop and --truncate set the dual-codebook "
+            f"tokenizer; got --kind {args.kind}. Use --kind dual, or leave them out"
         )
     changes.update(dual)
     out = args.out or f"out/tokenizer-{args.kind}"
@@ -199,6 +200,11 @@ def add_tokenizer_commands(commands: Any) -> None:
                        help="dual: the residual loop's search distance (default cosine)")
     train.add_argument("--restart-every", type=int,
                        help="dual: restart unused codes every N updates (default 0: never)")
+    train.add_argument("--scale-drop", type=float,
+                       help="dual: share of the steps after the first dropped in each training forward "
+                            "(default 0; NextFlow's 0.5 moves the image into the coarse steps)")
+    train.add_argument("--truncate", type=float,
+                       help="dual: share of training forwards that keep only the first j steps (default 0)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--warmup-steps", type=int)

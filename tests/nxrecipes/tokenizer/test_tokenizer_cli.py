@@ -70,6 +70,9 @@ def test_train_an_autoencoder_then_resume_it(ae_run, capsys):
          "image folder"),
         (["data", "extract", "--tokenizer", "{tmp}", "--out", "{tmp}/x"], "run_config.json does not exist"),
         (["tokenizer", "train", "--kind", "vq", "--out", "{tmp}/r", "--restart-every", "5"], "Use --kind dual"),
+        (["tokenizer", "train", "--kind", "ae", "--out", "{tmp}/r", "--truncate", "0.5"], "Use --kind dual"),
+        (["tokenizer", "train", "--kind", "dual", "--out", "{tmp}/r", "--truncate", "2"],
+         "DualCodebookObjective.truncate"),
     ],
 )
 def test_bad_arguments_are_reported_not_raised(argv, message, tmp_path, capsys):
@@ -82,10 +85,12 @@ def test_extract_refuses_a_continuous_tokenizer(ae_run, tmp_path, capsys):
     assert "needs a discrete one" in capsys.readouterr().err
 
 
-def test_dual_flags_set_the_codebook_size_search_and_restarts(tmp_path):
+def test_dual_flags_set_the_codebook_size_search_restarts_and_dropping(tmp_path):
     out = tmp_path / "dual"
     argv = ["tokenizer", "train", "--kind", "dual", "--steps", "1", "--out", str(out), "--codes", "32",
-            "--search", "euclidean", "--restart-every", "1", *TINY]
+            "--search", "euclidean", "--restart-every", "1", "--scale-drop", "0.25", "--truncate", "0.5", *TINY]
     assert main(argv) == 0
-    saved = json.loads((out / "run_config.json").read_text())["tokenizer"]
+    run_config = json.loads((out / "run_config.json").read_text())
+    saved = run_config["tokenizer"]
     assert (saved["codebook_size"], saved["normalize"], saved["restart_every"]) == (32, False, 1)
+    assert (saved["scale_drop"], run_config["objective"]["truncate"]) == (0.25, 0.5)
