@@ -280,11 +280,10 @@ def dual_codebook_training_tiny(
 
     ``changes`` are routed by name: ``DualCodebookConfig`` fields and its branches' fields
     (``ch_mult``, ``width``, ...) to the tokenizer, ``TrainConfig`` fields (``lr``, ``batch_size``,
-    ...) to the loop, ``stages`` and ``truncate`` to ``DualCodebookObjective``. E.g.
+    ...) to the loop, ``DualCodebookObjective`` fields (``stages``, ``truncate``) to the objective. E.g.
     ``normalize=False, restart_every=20, codebook_size=64`` (Euclidean search with dead-code restarts)
-    at 32 px, 10 minutes: PSNR 31.6 dB against 29.7, ShapeEval of the
-    reconstructions 0.945 against 0.871, and 444 nats of code entropy per image against 769
-    (``benchmarks/results/tokenizers/codes.md``).
+    at 32 px, 10 minutes: PSNR 31.6 dB against 29.7, ShapeEval of the reconstructions 0.945 against
+    0.871, and 444 nats of code entropy per image against 769 (``benchmarks/results/tokenizers/codes.md``).
     """
     from nxcore.tokenizer.dual import DualCodebookConfig, PixelConfig, SemanticConfig, dual_tiny
     from nxrecipes.train.run import route_changes, train_fields
@@ -293,7 +292,7 @@ def dual_codebook_training_tiny(
     routes = route_changes("dual_codebook_training_tiny", changes, {
         "tokenizer": {f.name for f in attrs.fields(DualCodebookConfig)} - {"semantic", "pixel"} | branches,
         "train": train_fields(),
-        "objective": {"stages", "truncate"},
+        "objective": {f.name for f in attrs.fields(DualCodebookObjective)} - {"steps"},
     })
     tokenizer = dual_tiny(**{"ch": 16, "ch_mult": (1, 2, 2), "norm_groups": 8, "z_channels": 16,
                              "codebook_size": 256, "sem_dim": 8, "pix_dim": 8, "scale_drop": 0.0,
