@@ -37,7 +37,8 @@ def test_every_reference_is_discovered():
     names = {cls.__name__ for cls in implementations(RotaryPositionalEncoder)}
     assert {"RoPE1D", "MultiscaleRoPE3D"} <= names
     names = {cls.__name__ for cls in implementations(AdditivePositionalEncoder)}
-    assert {"LearnedScaleEmbedding", "ScaleLengthEmbedding", "LearnedAbsolutePosition"} <= names
+    assert {"LearnedScaleEmbedding", "ScaleLengthEmbedding", "GridPositionEmbedding",
+            "LearnedAbsolutePosition"} <= names
 
 
 # --- broken rotary encoders (not subclasses: discovery must not find them) -----------------

@@ -1,7 +1,9 @@
 """Positional encoders: rotary (1D RoPE, NextFlow's multiscale 3D RoPE) and additive (learned
-scale embedding, sinusoidal scale-length embedding, VAR's learned absolute positions)."""
+scale embedding, sinusoidal scale-length embedding, sinusoidal grid position, VAR's learned absolute
+positions)."""
 
 from nxcore.position.embeddings import (
+    GridPositionEmbedding,
     LearnedAbsolutePosition,
     LearnedScaleEmbedding,
     ScaleLengthEmbedding,
@@ -16,6 +18,7 @@ from nxcore.position.rope3d import MultiscaleRoPE3D, default_sections, image_coo
 
 __all__ = [
     "AdditivePositionalEncoder",
+    "GridPositionEmbedding",
     "LearnedAbsolutePosition",
     "LearnedScaleEmbedding",
     "MultiscaleRoPE3D",

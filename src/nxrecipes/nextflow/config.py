@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nxcore.config import Config, config, finite_number, integer, one_of
+from nxcore.config import Config, boolean, config, finite_number, integer, one_of
 from nxcore.head import LinearHeadConfig, SplitHeadConfig
 from nxcore.nn import DecoderLayerConfig
 from nxcore.position import MultiscaleRoPE3D
@@ -48,7 +48,9 @@ class NextFlowConfig(Config):
     generated tokens). ``init_std``: the N(0, init_std) init of linear and embedding
     weights (Qwen2's ``initializer_range``). ``refiner_blocks``: residual 3x3 convolution blocks
     (``GridRefiner``) over each image scale's grid of final hidden states before the head; 0 (the
-    paper's plain decoder) builds none."""
+    paper's plain decoder) builds none. ``grid_positions``: add each image token's place on its grid
+    (``GridPositionEmbedding`` through a learned projection) to its input, so cells that share an
+    up-sampled input differ before attention; off (the paper's RoPE-only inputs) by default."""
 
     layer: DecoderLayerConfig
     num_layers: int = attrs.field(validator=integer(at_least=1))
@@ -65,6 +67,7 @@ class NextFlowConfig(Config):
     range_factor: float = attrs.field(default=64.0, validator=finite_number(above=0.0))
     init_std: float = attrs.field(default=0.02, validator=finite_number(above=0.0))
     refiner_blocks: int = attrs.field(default=0, validator=integer(at_least=0))
+    grid_positions: bool = attrs.field(default=False, validator=boolean())
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.layer, DecoderLayerConfig):

@@ -11,7 +11,9 @@ trained like text rows. An image's first step carries the ``<boi>`` embedding; s
 the next-scale inputs of step k-1's codes made from those rows (``config.inputs``: ``residual`` —
 the codes' own embeddings up-sampled to the next grid — or ``accumulated``). Image tokens add the
 learned scale embedding and the sinusoidal scale-length embedding (through ``scale_length_proj``,
-so its unit-amplitude sinusoid enters at the scale of the other embeddings).
+so its unit-amplitude sinusoid enters at the scale of the other embeddings), and with
+``config.grid_positions`` the sinusoid of the token's place on its grid (through
+``grid_position_proj``; not in the paper).
 
 Positions: multiscale 3D RoPE per row (``rope.positions(layout)``). Attention: the block-causal
 pattern of each row's layout — one ``ScaleBlocks`` through ``scale_attention`` when every row has
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from nxcore.head import IGNORE_INDEX, DiscreteHead
 from nxcore.layout import DiscreteImage, Modality, SequenceLayout
 from nxcore.nn import GridRefiner, KVCache, RMSNorm
-from nxcore.position import LearnedScaleEmbedding, ScaleLengthEmbedding
+from nxcore.position import GridPositionEmbedding, LearnedScaleEmbedding, ScaleLengthEmbedding
 from nxcore.schedule.protocol import ScaleSchedule
 from nxcore.tokenizer.multiscale.quantizer import CodebookStream, as_steps, next_scale_inputs
 from nxkernels.scale_attention import ScaleBlocks
@@ -60,6 +62,8 @@ class NextFlow(nn.Module):
         self.scale_length = ScaleLengthEmbedding(dim)
         self.scale_length_proj = nn.Linear(dim, dim, bias=False)
         self.refiner = GridRefiner(dim, c.refiner_blocks) if c.refiner_blocks else None
+        self.grid_position = GridPositionEmbedding(dim, c.range_factor) if c.grid_positions else None
+        self.grid_position_proj = nn.Linear(dim, dim, bias=False) if c.grid_positions else None
         self.head: DiscreteHead = c.resolved_head.build()
         self.register_buffer("valid", c.vocabulary.valid_mask(), persistent=False)
         self.reset_parameters()
@@ -155,8 +159,12 @@ class NextFlow(nn.Module):
     def additive(self, layout: SequenceLayout, start: int = 0, stop: int | None = None) -> Tensor:
         """[stop - start, dim]: scale embedding + projected scale-length embedding (0 on text) of
         positions ``start .. stop`` of ``layout`` (all of it by default)."""
-        length = self.scale_length(layout)[start:stop].to(self.embed_tokens.weight.dtype)
-        return self.scale_embed(layout)[start:stop] + self.scale_length_proj(length)
+        dtype = self.embed_tokens.weight.dtype
+        length = self.scale_length(layout)[start:stop].to(dtype)
+        out = self.scale_embed(layout)[start:stop] + self.scale_length_proj(length)
+        if self.grid_position is not None:
+            out = out + self.grid_position_proj(self.grid_position(layout)[start:stop].to(dtype))
+        return out
 
     def embed(self, ids: Tensor, layouts: Sequence[SequenceLayout], images: Sequence[ImageGroup]) -> Tensor:
         """[batch, seq, dim] input embeddings of right-padded rows (``Batch`` conventions)."""

@@ -1,4 +1,5 @@
-"""Additive encoders: learned scale embedding, sinusoidal scale-length embedding, VAR positions."""
+"""Additive encoders: learned scale embedding, sinusoidal scale-length embedding, sinusoidal grid
+position, VAR positions."""
 
 import math
 
@@ -9,6 +10,7 @@ from hypothesis import given
 from nxcore.layout import ContinuousImage, DiscreteImage, SequenceLayout, TextSpan
 from nxcore.position import (
     AdditivePositionalEncoder,
+    GridPositionEmbedding,
     LearnedAbsolutePosition,
     LearnedScaleEmbedding,
     ScaleLengthEmbedding,
@@ -101,6 +103,55 @@ def test_scale_length_is_not_learned_and_follows_dtype():
     assert enc.to(torch.bfloat16)(layout).dtype == torch.bfloat16
     with pytest.raises(ValueError, match=r"max_period must be a finite number > 1.*got 0.5"):
         ScaleLengthEmbedding(dim=8, max_period=0.5)
+
+
+# --- GridPositionEmbedding -----------------------------------------------------------------
+
+def test_grid_position_formula_on_a_2x2_grid():
+    enc = GridPositionEmbedding(dim=8, range_factor=4.0)  # 2 frequencies: pi and pi / 8
+    out = enc(SequenceLayout.of(TextSpan(1), DiscreteImage(Schedule(steps=((2, 2),))))).double()
+    assert bool((out[0] == 0).all())
+    freqs = (math.pi, math.pi / 8)
+    for cell, (r, c) in enumerate([(1, 1), (1, 3), (3, 1), (3, 3)]):
+        expected = ([math.cos(r * f) for f in freqs] + [math.sin(r * f) for f in freqs]
+                    + [math.cos(c * f) for f in freqs] + [math.sin(c * f) for f in freqs])
+        assert out[1 + cell].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_grid_position_tells_every_cell_of_a_grid_apart_and_keeps_a_place_across_grids():
+    enc = GridPositionEmbedding(dim=32, range_factor=16.0)
+    steps = ((1, 1), (3, 3), (4, 8), (16, 16))
+    out = enc(SequenceLayout.of(DiscreteImage(Schedule(steps=steps))))
+    start = 0
+    for h, w in steps:
+        grid = out[start : start + h * w]
+        gaps = torch.cdist(grid, grid) + torch.eye(h * w) * 1e9
+        assert float(gaps.min()) > 0.1, (h, w)
+        start += h * w
+    # the picture's centre: the 1x1 cell and the middle cell of the 3x3 grid
+    torch.testing.assert_close(out[0], out[1 + 4])
+
+
+@given(nxst.layouts(max_steps=4))
+def test_grid_position_passes_the_additive_check(layout):
+    enc = GridPositionEmbedding(dim=12, range_factor=8.0)
+    out = enc(layout)
+    assert out.shape == (layout.length, 12)
+    assert bool((out[~image_rows(layout)] == 0).all())
+    check_additive_encoder(enc, layout)
+
+
+def test_grid_position_is_not_learned_follows_dtype_and_checks_its_range():
+    enc = GridPositionEmbedding(dim=7, range_factor=16.0)
+    assert list(enc.parameters()) == [] and enc.state_dict() == {}
+    layout = SequenceLayout.of(TextSpan(1), ContinuousImage(2, 3))
+    out = enc(layout)
+    assert out.shape == (7, 7) and out.dtype == torch.float32 and bool((out[:, 4:] == 0).all())
+    assert enc.to(torch.bfloat16)(layout).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"range_factor must be a finite number > 0.*got 0"):
+        GridPositionEmbedding(dim=8, range_factor=0)
+    with pytest.raises(ValueError, match=r"dim must be an int >= 1, got 0"):
+        GridPositionEmbedding(dim=0, range_factor=4.0)
 
 
 # --- LearnedAbsolutePosition ---------------------------------------------------------------

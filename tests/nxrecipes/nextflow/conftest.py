@@ -33,9 +33,10 @@ class World:
         model.init_code_embeddings(self.image, generator=torch.Generator().manual_seed(0))
         return model
 
-    def refined_model(self):
-        """A model with a two-block ``GridRefiner`` whose weights are moved off their identity init."""
-        model = self.model(refiner_blocks=2)
+    def extended_model(self):
+        """A model with the extras beyond the paper: grid positions, and a two-block ``GridRefiner``
+        whose weights are moved off their identity init."""
+        model = self.model(refiner_blocks=2, grid_positions=True)
         g = torch.Generator().manual_seed(2)
         with torch.no_grad():
             for p in model.refiner.parameters():

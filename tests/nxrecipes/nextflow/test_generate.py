@@ -23,9 +23,9 @@ def uncond(n):
 PROMPTS = ("a red circle", "a big blue square on the left of a small green triangle")
 
 
-@pytest.mark.parametrize(("cfg", "refined"), [(1.0, False), ((1.0, 2.0, 4.0), False), ((1.0, 2.0, 4.0), True)])
-def test_kv_cached_logits_equal_the_teacher_forced_logits(world, cfg, refined):
-    model = world.refined_model() if refined else world.model()
+@pytest.mark.parametrize(("cfg", "extended"), [(1.0, False), ((1.0, 2.0, 4.0), False), ((1.0, 2.0, 4.0), True)])
+def test_kv_cached_logits_equal_the_teacher_forced_logits(world, cfg, extended):
+    model = world.extended_model() if extended else world.model()
     source = world.codes(1)
     # one plain prompt and one with a context image: rows of different lengths decode together
     prompts = [prompt(world, PROMPTS[1]),

@@ -36,9 +36,9 @@ def rollout(world, model=None, *, cfg=3.0, seed=0, group=3):
                            generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize(("cfg", "refined"), [(1.0, False), (3.0, False), (3.0, True)])
-def test_teacher_forced_log_probs_equal_the_rollout_time_ones(world, cfg, refined):
-    model = world.refined_model() if refined else world.model()
+@pytest.mark.parametrize(("cfg", "extended"), [(1.0, False), (3.0, False), (3.0, True)])
+def test_teacher_forced_log_probs_equal_the_rollout_time_ones(world, cfg, extended):
+    model = world.extended_model() if extended else world.model()
     r = rollout(world, model, cfg=cfg)
     assert r.rows == 6 and r.prompts[:3] == (PROMPTS[0],) * 3 and r.guided == (cfg != 1.0)
     assert [tuple(c.shape) for c in r.codes] == [(6, 1, 1), (6, 2, 2), (6, 4, 4)]

@@ -10,9 +10,9 @@ def example(world, codes, index, prompt="a red circle", **kw):
                     Text([world.vocab.special_id("<eos>")])], **kw)
 
 
-@pytest.mark.parametrize("refined", [False, True])
-def test_padded_rows_give_the_hidden_states_of_each_row_alone(world, refined):
-    model = world.refined_model() if refined else world.model()
+@pytest.mark.parametrize("extended", [False, True])
+def test_padded_rows_give_the_hidden_states_of_each_row_alone(world, extended):
+    model = world.extended_model() if extended else world.model()
     codes = world.codes(2)
     long = example(world, codes, 0, "a big blue square on the left of a small circle")
     short = example(world, codes, 1)
@@ -36,8 +36,27 @@ def test_block_path_equals_the_dense_mask_path(world):
     torch.testing.assert_close(blocks, dense, atol=2e-5, rtol=1e-4)
 
 
+def test_grid_positions_tell_apart_the_cells_that_share_an_upsampled_input(world):
+    codes = world.codes(1)
+    batch = collate([example(world, codes, 0)], world.vocab)
+    (span,) = batch.layouts[0].images
+    two_by_two = slice(span.start + 1, span.start + 5)  # step 1: its input is the 1x1 code, up-sampled
+    model = world.model(grid_positions=True)
+    inputs = {}
+    with torch.no_grad():
+        inputs[True] = model.embed(batch.ids, batch.layouts, batch.images)[0]
+        model.grid_position = None
+        inputs[False] = model.embed(batch.ids, batch.layouts, batch.images)[0]
+    plain, placed = inputs[False][two_by_two], inputs[True][two_by_two]
+    assert torch.allclose(plain, plain[:1].expand_as(plain))
+    assert float(torch.cdist(placed, placed).add(torch.eye(4) * 1e9).min()) > 1e-3
+    text = torch.ones(batch.ids.shape[1], dtype=torch.bool)
+    text[span.start : span.end] = False
+    torch.testing.assert_close(inputs[True][text], inputs[False][text])
+
+
 def test_the_refiner_moves_each_image_scale_on_its_own_grid_and_leaves_text_alone(world):
-    model = world.refined_model()
+    model = world.extended_model()
     codes = world.codes(2)
     batch = collate([example(world, codes, 0), example(world, codes, 1, "a big blue square")], world.vocab)
     seq = batch.ids.shape[1]
