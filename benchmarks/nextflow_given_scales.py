@@ -73,15 +73,19 @@ def object_cells(image, grid: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16) -> list[dict]:
+def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16, records: list | None = None
+             ) -> list[dict]:
     """Per scale: teacher-forced top-1 and NLL of the real codes on object and background cells, and
-    the entropy of those codes' own frequencies (the NLL of a predictor that ignores the context)."""
+    the entropy of those codes' own frequencies (the NLL of a predictor that ignores the context).
+    The examples: ``num`` test-split text-to-image records, or the given ``records``."""
     from nxrecipes.nextflow.data import ExampleBuilder
 
     run = load_run(run_dir)
     steps = list(run.schedule.steps)
     size = run.image_tokenizer.downsample * steps[-1][0]
-    data = list(ShapeWorld(split="test", size=size, tasks=("t2i",), length=num, seed=seed))
+    data = records if records is not None else list(
+        ShapeWorld(split="test", size=size, tasks=("t2i",), length=num, seed=seed))
+    num = len(data)
     builder = ExampleBuilder(text=run.text_tokenizer, vocabulary=run.vocabulary,
                              image_tokenizer=run.image_tokenizer, schedule=run.schedule,
                              self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
@@ -118,7 +122,7 @@ def code_fit(run_dir: Path, *, num: int, seed: int = 1, batch: int = 16) -> list
     return out
 
 
-def _fit_table(rows: list[dict]) -> str:
+def fit_table(rows: list[dict]) -> str:
     lines = ["| scale | grid | object cells: share | top-1 | NLL | frequency NLL | background: top-1 | NLL "
              "| frequency NLL |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -148,7 +152,7 @@ def main() -> None:
     print("| given scales | ShapeEval (test) | objects found / in the scenes |\n|---|---|---|", flush=True)
     rows = given_scales(pipeline, num=args.num, sampling=sampling)
     fit = code_fit(args.run, num=args.num)
-    print("\n" + _fit_table(fit), flush=True)
+    print("\n" + fit_table(fit), flush=True)
     name = args.run.name + ("-greedy" if args.greedy else "")
     record = {"run": str(args.run), "sampling": "greedy" if args.greedy else "default_sampling",
               "num": args.num, "schedule": [list(s) for s in pipeline.schedule.steps], "rows": rows,
