@@ -43,6 +43,7 @@ _T2I = (("t2i", 1.0),)
 _GRID16 = ((1, 1), (2, 2), (4, 4), (8, 8), (16, 16))
 _GRID16_GENTLE = ((1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8), (11, 11), (16, 16))
 _ACC_NOSC = {"inputs": "accumulated", "self_correction_fraction": 0.0, "per_scale": True}
+_PLACED = {"refiner_blocks": 2, "grid_positions": True}
 _DS2_T2I = {**_ACC_NOSC, "task_mix": _T2I, "schedule": _GRID16}
 _DS2_T2I_A0 = {**_DS2_T2I, "alpha": 0.0}
 RUNS: dict[str, tuple[float, dict]] = {
@@ -93,7 +94,10 @@ RUNS: dict[str, tuple[float, dict]] = {
     # images, the plain model's top-1 on them stays at 0.5 / 0.59 / 0.18 on the 2x2 / 8x8 / 16x16 steps
     # (cells sharing an up-sampled input look alike), 0.94 / 0.99 / 0.45 with it
     "drop0.5-acc-nosc-t2i-gridpos-30": (30, {**_DS2_T2I, "grid_positions": True}),
-    "drop0.5-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, "refiner_blocks": 2, "grid_positions": True}),
+    "drop0.5-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED}),
+    # ... over the tokenizer without scale dropping (--tokenizer out/tok-s32-ds2) and with drop 0.25
+    "ds2-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED}),
+    "drop0.25-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 

@@ -23,7 +23,12 @@ from nxcore.position.rope3d import image_coordinates
 from nxcore.schedule.protocol import ScaleSchedule
 from nxcore.typing import Float, typecheck
 
-__all__ = ["GridPositionEmbedding", "LearnedAbsolutePosition", "LearnedScaleEmbedding", "ScaleLengthEmbedding"]
+__all__ = [
+    "GridPositionEmbedding",
+    "LearnedAbsolutePosition",
+    "LearnedScaleEmbedding",
+    "ScaleLengthEmbedding",
+]
 
 
 def _check_count(owner: str, name: str, value: object) -> int:
