@@ -37,6 +37,15 @@ def _check_count(owner: str, name: str, value: object) -> int:
     return value
 
 
+def _check_above(owner: str, name: str, value: object, bound: float, example: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= bound:
+        raise ValueError(
+            f"{owner}: {name} must be a finite number > {bound:g} (e.g. {example}), got {value!r}"
+        )
+    return float(value)
+
+
 def _check_layout(owner: str, layout: object) -> SequenceLayout:
     if not isinstance(layout, SequenceLayout):
         raise TypeError(
@@ -102,13 +111,7 @@ class ScaleLengthEmbedding(nn.Module, AdditivePositionalEncoder):
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
         self.dim = _check_count("ScaleLengthEmbedding", "dim", dim)
-        ok = isinstance(max_period, int | float) and not isinstance(max_period, bool)
-        if not ok or not math.isfinite(max_period) or max_period <= 1:
-            raise ValueError(
-                f"ScaleLengthEmbedding: max_period must be a finite number > 1 (e.g. 10000.0), "
-                f"got {max_period!r}"
-            )
-        self.max_period = float(max_period)
+        self.max_period = _check_above("ScaleLengthEmbedding", "max_period", max_period, 1, "10000.0")
         self.register_buffer("carrier", torch.zeros(()), persistent=False)
 
     @classmethod
@@ -161,13 +164,8 @@ class GridPositionEmbedding(nn.Module, AdditivePositionalEncoder):
     def __init__(self, dim: int, range_factor: float) -> None:
         super().__init__()
         self.dim = _check_count("GridPositionEmbedding", "dim", dim)
-        ok = isinstance(range_factor, int | float) and not isinstance(range_factor, bool)
-        if not ok or not math.isfinite(range_factor) or range_factor <= 0:
-            raise ValueError(
-                f"GridPositionEmbedding: range_factor must be a finite number > 0 (the RoPE range C, "
-                f"e.g. the final grid side), got {range_factor!r}"
-            )
-        self.range_factor = float(range_factor)
+        self.range_factor = _check_above("GridPositionEmbedding", "range_factor", range_factor, 0,
+                                         "16.0: the RoPE range C, the final grid side")
         self.register_buffer("carrier", torch.zeros(()), persistent=False)
 
     @classmethod
