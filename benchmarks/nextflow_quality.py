@@ -98,6 +98,10 @@ RUNS: dict[str, tuple[float, dict]] = {
     # ... over the tokenizer without scale dropping (--tokenizer out/tok-s32-ds2) and with drop 0.25
     "ds2-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED}),
     "drop0.25-acc-nosc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED}),
+    # ... with self-correction back on (the paper's fraction 0.6: the model sees inputs of its own kind of
+    # mistakes at the coarse steps), and with 4 refiner blocks (each code's logits see a 9x9 neighbourhood)
+    "drop0.25-acc-sc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED, "self_correction_fraction": 0.6}),
+    "drop0.25-acc-nosc-t2i-gridpos-refine4-30": (30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 
