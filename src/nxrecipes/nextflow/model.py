@@ -157,8 +157,9 @@ class NextFlow(nn.Module):
         return torch.cat(parts, dim=1)
 
     def additive(self, layout: SequenceLayout, start: int = 0, stop: int | None = None) -> Tensor:
-        """[stop - start, dim]: scale embedding + projected scale-length embedding (0 on text) of
-        positions ``start .. stop`` of ``layout`` (all of it by default)."""
+        """[stop - start, dim]: scale embedding + projected scale-length embedding (+ projected grid
+        position with ``config.grid_positions``; 0 on text) of positions ``start .. stop`` of ``layout``
+        (all of it by default)."""
         dtype = self.embed_tokens.weight.dtype
         length = self.scale_length(layout)[start:stop].to(dtype)
         out = self.scale_embed(layout)[start:stop] + self.scale_length_proj(length)
