@@ -56,7 +56,8 @@ def prompt_information(tokenizer, schedule, size: int, num: int, batch: int = 25
     """Per step: mean over its cells of I(cell's code; the prompt's colour words), in nats."""
     records = list(ShapeWorld(split="train", size=size, tasks=("t2i",), length=num, seed=3))
     keys = [tuple(c for c in COLOURS if c in r.prompt.split()) for r in records]  # "coloured" holds "red"
-    group = torch.tensor([sorted(set(keys)).index(k) for k in keys])
+    index = {key: i for i, key in enumerate(sorted(set(keys)))}
+    group = torch.tensor([index[k] for k in keys])
     groups, codes_k = int(group.max()) + 1, tokenizer.codebook_size
     steps = [[] for _ in schedule.steps]
     for i in range(0, num, batch):
