@@ -102,6 +102,10 @@ RUNS: dict[str, tuple[float, dict]] = {
     # mistakes at the coarse steps), and with 4 refiner blocks (each code's logits see a 9x9 neighbourhood)
     "drop0.25-acc-sc-t2i-gridpos-refine2-30": (30, {**_DS2_T2I, **_PLACED, "self_correction_fraction": 0.6}),
     "drop0.25-acc-nosc-t2i-gridpos-refine4-30": (30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4}),
+    # ... on scenes that hold only what their prompt names (max_distractors 0; by default a scene may add up
+    # to two objects of shapes the prompt does not mention, which the model must learn to draw at random)
+    "drop0.25-acc-nosc-t2i-gridpos-refine4-clean-30": (
+        30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4, "max_distractors": 0}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 

@@ -52,6 +52,9 @@ RUNS: dict[str, tuple[float, dict]] = {
     "smoke": (1.5, {}),
     "main-10": (10, {}),
     "main-30": (30, {}),
+    # on scenes that hold only what their prompt names (by default up to two more objects of shapes the
+    # prompt does not mention)
+    "clean-30": (30, {"max_distractors": 0}),
 }
 
 

@@ -37,6 +37,8 @@ def _data_args(parser: argparse.ArgumentParser, default_n: int) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (32-256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vary-background", action="store_true", help="mild background variation")
+    parser.add_argument("--max-distractors", type=int, default=2,
+                        help="objects a prompt's scene may add that the prompt does not name (0: none)")
 
 
 def _dataset(args: argparse.Namespace):
@@ -44,7 +46,7 @@ def _dataset(args: argparse.Namespace):
 
     return ShapeWorld(
         split=args.split, size=args.size, tasks=tuple(args.task), length=args.num, seed=args.seed,
-        vary_background=args.vary_background,
+        vary_background=args.vary_background, max_distractors=args.max_distractors,
     )
 
 

@@ -36,12 +36,22 @@ def test_data_export_writes_images_and_jsonl(tmp_path):
     assert first["task"] == "t2i" and (tmp_path / first["image"]).is_file()
 
 
+def test_data_export_can_leave_out_distractors(tmp_path):
+    argv = ["data", "export", "-n", "20", "--split", "test", "--quiet", "--max-distractors", "0"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    for line in (tmp_path / "samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        named = sum(q["count"] for q in record["spec"]["objects"])
+        assert len(record["scene"]["objects"]) == named
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["data", "preview", "--split", "nope", "-n", "2"], "split"),
         (["data", "preview", "--task", "dance", "-n", "2"], "unknown task 'dance'"),
         (["data", "preview", "--size", "8", "-n", "2"], "size"),
+        (["data", "preview", "--max-distractors", "-1", "-n", "2"], "max_distractors = -1"),
     ],
 )
 def test_bad_arguments_are_reported_not_raised(argv, message, capsys, tmp_path):

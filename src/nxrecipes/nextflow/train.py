@@ -53,6 +53,7 @@ from nxcore.tokenizer import BPETokenizer, SpecialTokens, Vocabulary
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxrecipes.data.shapeworld import ShapeWorld
 from nxrecipes.data.shapeworld.corpus import text_corpus
+from nxrecipes.data.shapeworld.scenes import MAX_DISTRACTORS
 from nxrecipes.data.shapeworld.splits import SPLITS
 from nxrecipes.nextflow.config import NextFlowConfig, nextflow_tiny
 from nxrecipes.nextflow.data import NEXTFLOW_SPECIALS, TASK_FORMATS, ExampleBuilder
@@ -209,6 +210,7 @@ class NextFlowDataConfig(Config):
     task_mix: tuple[tuple[str, float], ...] = attrs.field(default=DEFAULT_TASK_MIX, converter=_task_mix,
                                                           validator=_check_task_mix)
     vary_background: bool = attrs.field(default=False, validator=boolean())
+    max_distractors: int = attrs.field(default=MAX_DISTRACTORS, validator=integer(at_least=0))
     alpha: float = attrs.field(default=0.9, validator=[finite_number(), non_negative()])
     text_weight: float = attrs.field(default=1.0, validator=[finite_number(), non_negative()])
     self_correction_p: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0))
@@ -236,7 +238,8 @@ class NextFlowDataConfig(Config):
     def dataset(self, seed: int) -> ShapeWorld:
         tasks, weights = zip(*self.task_mix, strict=True)
         return ShapeWorld(split=self.split, size=self.size, tasks=tasks, length=self.samples, seed=seed,
-                          task_weights=weights, vary_background=self.vary_background)
+                          task_weights=weights, vary_background=self.vary_background,
+                          max_distractors=self.max_distractors)
 
     def builder(self, text: TextTokenizer, vocabulary: Vocabulary, image_tokenizer: nn.Module,
                 seed: int) -> ExampleBuilder:

@@ -52,6 +52,7 @@ from nxcore.config import Config, boolean, config, in_range, integer, one_of
 from nxcore.tokenizer import BPETokenizer
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxrecipes.data.shapeworld import ShapeWorld
+from nxrecipes.data.shapeworld.scenes import MAX_DISTRACTORS
 from nxrecipes.data.shapeworld.splits import SPLITS
 from nxrecipes.nextflow.train import TextTokenizerConfig, _task_mix, load_image_tokenizer
 from nxrecipes.nextstep1.config import NextStep1Config, nextstep1_tiny
@@ -149,6 +150,7 @@ class NextStep1DataConfig(Config):
     task_mix: tuple[tuple[str, float], ...] = attrs.field(default=DEFAULT_TASK_MIX, converter=_task_mix,
                                                           validator=_check_task_mix)
     vary_background: bool = attrs.field(default=False, validator=boolean())
+    max_distractors: int = attrs.field(default=MAX_DISTRACTORS, validator=integer(at_least=0))
     drop_text_prob: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     drop_image_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
     cache_latents: bool = attrs.field(default=False, validator=boolean())
@@ -156,7 +158,8 @@ class NextStep1DataConfig(Config):
     def dataset(self, seed: int) -> ShapeWorld:
         tasks, weights = zip(*self.task_mix, strict=True)
         return ShapeWorld(split=self.split, size=self.size, tasks=tasks, length=self.samples, seed=seed,
-                          task_weights=weights, vary_background=self.vary_background)
+                          task_weights=weights, vary_background=self.vary_background,
+                          max_distractors=self.max_distractors)
 
     def builder(self, text: TextTokenizer, image_tokenizer: nn.Module, seed: int) -> RowBuilder:
         return RowBuilder(text=text, image_tokenizer=image_tokenizer, drop_text_prob=self.drop_text_prob,

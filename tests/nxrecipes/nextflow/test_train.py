@@ -84,8 +84,10 @@ def test_minutes_plan_the_updates_once_and_keep_the_plan_on_resume(tmp_path, tok
 
 
 def test_configs_round_trip_and_refuse_what_cannot_work(tmp_path, tokenizer_dir, world):
-    cfg = tiny(tmp_path, tokenizer_dir, world, steps=5, minutes=1.5, inputs="accumulated", cfg_dropout=0.2)
+    cfg = tiny(tmp_path, tokenizer_dir, world, steps=5, minutes=1.5, inputs="accumulated", cfg_dropout=0.2,
+               max_distractors=1)
     assert NextFlowTrainConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.data.dataset(seed=0).source.max_distractors == 1
     assert (cfg.model.inputs, cfg.data.cfg_dropout, cfg.train.steps) == ("accumulated", 0.2, 5)
     with pytest.raises(ValueError, match="no setting 'colour'"):
         tiny(tmp_path, tokenizer_dir, world, colour="red")

@@ -99,8 +99,9 @@ def test_minutes_plan_the_updates_once_and_keep_the_plan_on_resume(tmp_path, ae_
 
 
 def test_configs_round_trip_and_refuse_what_cannot_work(tmp_path, ae_dir):
-    cfg = tiny(tmp_path, ae_dir, steps=5, minutes=1.5, drop_text_prob=0.3, lr=3e-4)
+    cfg = tiny(tmp_path, ae_dir, steps=5, minutes=1.5, drop_text_prob=0.3, lr=3e-4, max_distractors=0)
     assert NextStep1TrainConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.data.dataset(seed=0).source.max_distractors == 0
     assert (cfg.data.drop_text_prob, cfg.train.lr, cfg.train.steps, cfg.minutes) == (0.3, 3e-4, 5, 1.5)
     text = TEXT.build()
     assert cfg.model.vocab_size == text.vocab_size

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from nxcore.checkpoint import atomic_write_text
 from nxrecipes.data.shapeworld.captions import parse_prompt
 from nxrecipes.data.shapeworld.render import to_pil
-from nxrecipes.data.shapeworld.scenes import check_scene_size
+from nxrecipes.data.shapeworld.scenes import MAX_DISTRACTORS, check_max_distractors, check_scene_size
 from nxrecipes.data.shapeworld.spec import ObjectQuery, Spec
 from nxrecipes.data.shapeworld.splits import check_split, split_rng
 from nxrecipes.data.shapeworld.tasks import make_sample, maker_for, task_of
@@ -81,6 +81,8 @@ class SampleSource:
     seed: int = attrs.field(converter=lambda v: _non_negative_int("seed", v))
     task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_weights_tuple)
     vary_background: bool = False
+    max_distractors: int = attrs.field(default=MAX_DISTRACTORS,
+                                       validator=lambda _, __, v: check_max_distractors(v))
     _p: tuple[float, ...] = attrs.field(init=False)
 
     @_p.default
@@ -96,7 +98,7 @@ class SampleSource:
     def sample(self, index: int) -> Any:
         rng = split_rng(self.split, index, self.seed)
         return make_sample(self._draw_task(rng), rng, self.size, self.split,
-                           vary_background=self.vary_background)
+                           vary_background=self.vary_background, max_distractors=self.max_distractors)
 
 
 class ShapeWorld(Dataset):
@@ -107,9 +109,9 @@ class ShapeWorld(Dataset):
 
     def __init__(self, split: str = "train", size: int = 64, tasks: Sequence[str] = ("t2i",),
                  length: int = 1000, seed: int = 0, task_weights: Sequence[float] | None = None,
-                 vary_background: bool = False):
+                 vary_background: bool = False, max_distractors: int = MAX_DISTRACTORS):
         self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights,
-                                   vary_background=vary_background)
+                                   vary_background=vary_background, max_distractors=max_distractors)
         self.length = _non_negative_int("length", length)
 
     def __len__(self) -> int:
@@ -143,9 +145,10 @@ class ShapeWorldStream(IterableDataset):
 
     def __init__(self, split: str = "train", size: int = 64, tasks: Sequence[str] = ("t2i",),
                  length: int | None = None, seed: int = 0, task_weights: Sequence[float] | None = None,
-                 *, rank: int | None = None, world_size: int | None = None, vary_background: bool = False):
+                 *, rank: int | None = None, world_size: int | None = None, vary_background: bool = False,
+                 max_distractors: int = MAX_DISTRACTORS):
         self.source = SampleSource(split=split, size=size, tasks=tasks, seed=seed, task_weights=task_weights,
-                                   vary_background=vary_background)
+                                   vary_background=vary_background, max_distractors=max_distractors)
         self.length = None if length is None else _non_negative_int("length", length)
         if (rank is None) != (world_size is None):
             raise ValueError(

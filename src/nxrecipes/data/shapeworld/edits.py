@@ -28,6 +28,7 @@ from nxrecipes.data.shapeworld.instructions import INSTRUCTIONS, instruction, pa
 from nxrecipes.data.shapeworld.render import render
 from nxrecipes.data.shapeworld.scenes import (
     INVERSE,
+    MAX_DISTRACTORS,
     MAX_TRIES,
     NO_CONSTRAINTS,
     Combos,
@@ -368,7 +369,8 @@ class EditSample:
 
 
 def make_edit(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-               vary_background: bool = False) -> EditSample:
+               vary_background: bool = False,
+               max_distractors: int = MAX_DISTRACTORS) -> EditSample:
     """An editing pair: a random scene, a random edit of it, its instruction and the edited scene.
 
     Train/validation/test scenes (source and target) hold no held-out pair or relation; in the
@@ -376,7 +378,7 @@ def make_edit(rng: np.random.Generator, size: int = 64, split: str = "train", *,
     """
     check_rng(rng)
     check_image_size(size)
-    constraints = split_constraints(split, vary_background=vary_background)
+    constraints = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     for _ in range(MAX_TRIES):
         source = random_scene(rng, size=size, constraints=constraints)
         try:

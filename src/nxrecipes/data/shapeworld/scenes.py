@@ -40,6 +40,7 @@ from nxrecipes.data.shapeworld.world import (
 PLACE_MARGIN = 0.25  # centres of a placed relation differ by more than this along its axis
 MAX_TRIES = 200
 INVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+MAX_DISTRACTORS = 2  # objects a scene for a prompt may add that the prompt does not name
 COUNT_RANGE = (2, 4)  # counting prompts ask for two to four objects, as GenEval does
 _GRID = np.linspace(0.0, 1.0, 129)
 _EPS = 1e-6
@@ -123,14 +124,30 @@ class Combos:
         return False
 
 
+def check_max_distractors(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"max_distractors = {value!r} must be an int >= 0 (0: a scene holds only what its prompt names; "
+            f"default {MAX_DISTRACTORS})"
+        )
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class Constraints:
     """What scenes and prompts of a split must avoid (``forbid``) and hold one of (``require``),
-    and whether their backgrounds vary (``vary_background``: jittered colour, mild gradient)."""
+    whether their backgrounds vary (``vary_background``: jittered colour, mild gradient), and how many
+    objects a prompt does not mention its scene may add (``max_distractors``; 0: the prompt names
+    every object)."""
 
     forbid: Combos = Combos()
     require: Combos = Combos()
     vary_background: bool = False
+    max_distractors: int = attrs.field(default=MAX_DISTRACTORS)
+
+    @max_distractors.validator
+    def _check_max_distractors(self, _, value: object) -> None:
+        check_max_distractors(value)
 
     def allows(self, scene: Scene) -> bool:
         if self.forbid.in_scene(scene, margin=0.0):
@@ -142,6 +159,7 @@ class Constraints:
 
 
 NO_CONSTRAINTS = Constraints()
+
 
 
 def satisfies(scene: Scene, spec: Spec, margin: float = RELATION_MARGIN) -> bool:
@@ -348,17 +366,18 @@ def _required_extra(spec: Spec, constraints: Constraints, rng: np.random.Generat
 
 
 def scene_for_spec(spec: Spec, rng: np.random.Generator, *, size: int = 64,
-                   constraints: Constraints = NO_CONSTRAINTS, max_distractors: int = 2,
+                   constraints: Constraints = NO_CONSTRAINTS, max_distractors: int | None = None,
                    vary_background: bool = False) -> Scene:
-    """A scene that satisfies ``spec``, plus up to ``max_distractors`` objects whose shapes the
-    spec does not mention (so no distractor can break a count or a relation)."""
+    """A scene that satisfies ``spec``, plus up to ``max_distractors`` (default
+    ``constraints.max_distractors``) objects whose shapes the spec does not mention (so no
+    distractor can break a count or a relation)."""
     check_rng(rng)
     _check_constraints(constraints)
     _check_spec(spec, constraints)
     total = sum(q.count for q in spec.objects)
     check_scene_size(size, total)
-    if isinstance(max_distractors, bool) or not isinstance(max_distractors, int) or max_distractors < 0:
-        raise ValueError(f"max_distractors = {max_distractors!r} must be an int >= 0")
+    max_distractors = check_max_distractors(
+        constraints.max_distractors if max_distractors is None else max_distractors)
     tint, extra = (None, None)
     if constraints.require and not constraints.require.in_spec(spec):
         tint, extra = _required_extra(spec, constraints, rng)

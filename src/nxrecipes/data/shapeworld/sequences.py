@@ -29,7 +29,7 @@ from nxrecipes.data.shapeworld.edits import (
 )
 from nxrecipes.data.shapeworld.instructions import Phrasebook
 from nxrecipes.data.shapeworld.render import render
-from nxrecipes.data.shapeworld.scenes import MAX_TRIES, Constraints, check_rng, random_scene
+from nxrecipes.data.shapeworld.scenes import MAX_DISTRACTORS, MAX_TRIES, Constraints, check_rng, random_scene
 from nxrecipes.data.shapeworld.spec import DIRECTIONS, EDIT_OPS, EditSpec, ObjectQuery
 from nxrecipes.data.shapeworld.splits import split_constraints
 from nxrecipes.data.shapeworld.world import COLOURS, SHAPES, SIZES, Scene, ShapeObject, check_image_size
@@ -133,7 +133,8 @@ class Interleaved:
 
 
 def make_interleaved(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-                     vary_background: bool = False, kind: str | None = None) -> Interleaved:
+                     vary_background: bool = False,
+                     max_distractors: int = MAX_DISTRACTORS, kind: str | None = None) -> Interleaved:
     """A story of 2–4 edits or a 3–5 frame motion (``kind`` one of ``KINDS``, else either).
 
     Train/validation/test frames hold no held-out pair or relation; a held-out sample holds one."""
@@ -141,7 +142,7 @@ def make_interleaved(rng: np.random.Generator, size: int = 64, split: str = "tra
     check_image_size(size)
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown interleaved kind {kind!r}; choose one of {list(KINDS)} (or None)")
-    constraints = split_constraints(split, vary_background=vary_background)
+    constraints = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     kind = kind or KINDS[rng.integers(len(KINDS))]
     make = _story if kind == "story" else _motion
     for _ in range(MAX_TRIES):
@@ -239,7 +240,8 @@ class InContext:
 
 
 def make_in_context(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-                    vary_background: bool = False, op: str | None = None) -> InContext:
+                    vary_background: bool = False,
+                    max_distractors: int = MAX_DISTRACTORS, op: str | None = None) -> InContext:
     """Two before/after examples of one edit (``op`` one of ``EDIT_OPS``, else any), a query scene
     and the answer. Each before-scene holds exactly one object the edit's target matches, and the
     three differ. Train/validation/test scenes hold nothing held out; a held-out answer does."""
@@ -247,7 +249,7 @@ def make_in_context(rng: np.random.Generator, size: int = 64, split: str = "trai
     check_image_size(size)
     if op is not None and op not in EDIT_OPS:
         raise ValueError(f"unknown edit op {op!r}; choose one of {list(EDIT_OPS)} (or None for any)")
-    constraints = split_constraints(split, vary_background=vary_background)
+    constraints = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     for _ in range(MAX_TRIES):
         rule = _rule(rng, op or EDIT_OPS[rng.integers(len(EDIT_OPS))])
         try:

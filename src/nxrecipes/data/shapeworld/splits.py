@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nxrecipes.data.shapeworld.scenes import Combos, Constraints
+from nxrecipes.data.shapeworld.scenes import MAX_DISTRACTORS, Combos, Constraints
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "heldout")
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("yellow", "circle"), ("blue", "triangle"), ("purple", "star"))
@@ -27,11 +27,13 @@ def check_split(split: object) -> str:
     return split
 
 
-def split_constraints(split: str, *, vary_background: bool = False) -> Constraints:
+def split_constraints(split: str, *, vary_background: bool = False,
+                      max_distractors: int = MAX_DISTRACTORS) -> Constraints:
     """What the generators of ``split`` must avoid (train/validation/test) or include (heldout)."""
+    options = {"vary_background": vary_background, "max_distractors": max_distractors}
     if check_split(split) == "heldout":
-        return Constraints(require=HELDOUT, vary_background=vary_background)
-    return Constraints(forbid=HELDOUT, vary_background=vary_background)
+        return Constraints(require=HELDOUT, **options)
+    return Constraints(forbid=HELDOUT, **options)
 
 
 def split_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:

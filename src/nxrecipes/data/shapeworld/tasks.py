@@ -27,6 +27,7 @@ from nxrecipes.data.shapeworld.edits import make_edit
 from nxrecipes.data.shapeworld.knowledge import random_fact, riddle
 from nxrecipes.data.shapeworld.render import render
 from nxrecipes.data.shapeworld.scenes import (
+    MAX_DISTRACTORS,
     NO_CONSTRAINTS,
     Constraints,
     check_rng,
@@ -83,23 +84,26 @@ class TextOnly:
 
 
 def make_text_to_image(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-               vary_background: bool = False) -> TextToImage:
-    c = split_constraints(split, vary_background=vary_background)
+               vary_background: bool = False,
+               max_distractors: int = MAX_DISTRACTORS) -> TextToImage:
+    c = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     spec = random_spec(rng, constraints=c)
     scene = scene_for_spec(spec, rng, size=size, constraints=c)
     return TextToImage(prompt=prompt_for_spec(spec, rng), spec=spec, scene=scene, image=render(scene, size))
 
 
 def make_captioning(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-               vary_background: bool = False) -> Captioning:
-    constraints = split_constraints(split, vary_background=vary_background)
+               vary_background: bool = False,
+               max_distractors: int = MAX_DISTRACTORS) -> Captioning:
+    constraints = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     scene = random_scene(rng, size=size, constraints=constraints)
     return Captioning(image=render(scene, size), caption=canonical_caption(scene), scene=scene)
 
 
 def make_world_knowledge(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-               vary_background: bool = False) -> WorldKnowledge:
-    c = split_constraints(split, vary_background=vary_background)
+               vary_background: bool = False,
+               max_distractors: int = MAX_DISTRACTORS) -> WorldKnowledge:
+    c = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     prompt, reasoning, spec = riddle(rng, constraints=c)
     scene = scene_for_spec(spec, rng, size=size, constraints=c)
     resolved = prompt_for_spec(spec, rng, template=1)  # the plain "a green circle"
@@ -134,15 +138,16 @@ def describe_scene(scene: Scene, rng: np.random.Generator, constraints: Constrai
 
 
 def make_text_only(rng: np.random.Generator, size: int = 64, split: str = "train", *,
-               vary_background: bool = False) -> TextOnly:
-    c = split_constraints(split, vary_background=vary_background)
+               vary_background: bool = False,
+               max_distractors: int = MAX_DISTRACTORS) -> TextOnly:
+    c = split_constraints(split, vary_background=vary_background, max_distractors=max_distractors)
     if not c.require and rng.integers(2):
         return TextOnly(text=random_fact(rng))
     scene = random_scene(rng, size=size, constraints=c)
     return TextOnly(text=describe_scene(scene, rng, c), scene=scene)
 
 
-Maker = Callable[..., Any]  # (rng, size, split, *, vary_background=False) -> record
+Maker = Callable[..., Any]  # (rng, size, split, *, vary_background=False, max_distractors=2) -> record
 TASK_MAKERS: dict[str, Maker] = {
     "t2i": make_text_to_image,
     "captioning": make_captioning,
@@ -166,13 +171,13 @@ def maker_for(task: str) -> Maker:
 
 
 def make_sample(task: str, rng: np.random.Generator, size: int = 64, split: str = "train", *,
-                vary_background: bool = False) -> Any:
+                vary_background: bool = False, max_distractors: int = MAX_DISTRACTORS) -> Any:
     """One sample of ``task`` for ``split``, drawn from ``rng``, its images ``size`` px square."""
     maker = maker_for(task)
     check_rng(rng)
     check_split(split)
     check_scene_size(size, MAX_OBJECTS)
-    return maker(rng, size, split, vary_background=vary_background)
+    return maker(rng, size, split, vary_background=vary_background, max_distractors=max_distractors)
 
 
 def task_of(record: object) -> str:

@@ -118,6 +118,8 @@ def test_export_of_a_stream_and_of_records(tmp_path):
         (lambda: ShapeWorld(size=16), ValueError, r"size = 16 px is too small for the objects.*use size >= 32"),
         (lambda: ShapeWorld(length=-1), ValueError, r"length = -1 must be an int >= 0"),
         (lambda: ShapeWorld(seed=-2), ValueError, r"seed = -2 must be an int >= 0"),
+        (lambda: ShapeWorld(max_distractors=-1), ValueError, r"max_distractors = -1 must be an int >= 0"),
+        (lambda: ShapeWorldStream(max_distractors=1.5), ValueError, r"max_distractors = 1.5 must be an int >= 0"),
         (lambda: ShapeWorld(tasks=OWN, task_weights=(1, 1)), ValueError, r"task_weights has 2 entries for 4 tasks"),
         (lambda: ShapeWorld(tasks=("t2i",), task_weights=(-1,)), ValueError, r"task_weights = \(-1,\) must be"),
         (lambda: ShapeWorld(task_weights=1.0), TypeError, r"task_weights must be a sequence of numbers"),
@@ -157,6 +159,22 @@ def test_background_variation_is_optional_and_reaches_every_image_task(task):
     assert plain_scenes and varied_scenes
     assert all(s.gradient == (0.0, 0.0) and s.background == BACKGROUND for s in plain_scenes)
     assert any(s.gradient != (0.0, 0.0) or s.background != BACKGROUND for s in varied_scenes)
+
+
+@pytest.mark.parametrize("task", ["t2i", "world_knowledge"])
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_prompt_scenes_hold_only_what_the_prompt_names_without_distractors(task, split):
+    def unnamed(record):  # objects of shapes the prompt does not name
+        shapes = {q.shape for q in record.spec.objects}
+        return [o for o in record.scene.objects if o.shape not in shapes]
+
+    clean = ShapeWorld(split=split, tasks=(task,), length=60, seed=5, max_distractors=0)
+    cluttered = ShapeWorld(split=split, tasks=(task,), length=60, seed=5)
+    # held-out scenes may add one object to show a required colour-shape pair, never more
+    allowed = 1 if split == "heldout" else 0
+    assert all(len(unnamed(clean[i])) <= allowed for i in range(60))
+    assert max(len(unnamed(cluttered[i])) for i in range(60)) == 2
+    assert sum(len(unnamed(clean[i])) for i in range(60)) < sum(len(unnamed(cluttered[i])) for i in range(60))
 
 
 def _scenes_of(record):

@@ -117,6 +117,18 @@ def test_user_spec_with_colours_and_counts():
     assert satisfies(scene_for_spec(spec, rng(0)), spec)
 
 
+def test_constraints_carry_the_distractor_limit():
+    spec = Spec("single_object", [ObjectQuery("circle")])
+    counts = {len(scene_for_spec(spec, rng(s), constraints=Constraints(max_distractors=1)).objects)
+              for s in range(40)}
+    assert counts == {1, 2}
+    counts = {len(scene_for_spec(spec, rng(s), constraints=Constraints(max_distractors=0)).objects)
+              for s in range(10)}
+    assert counts == {1}
+    # the argument overrides the constraints' limit
+    assert len(scene_for_spec(spec, rng(0), constraints=Constraints(max_distractors=2), max_distractors=0).objects) == 1
+
+
 def test_satisfies_reads_the_truth():
     left = ShapeObject("circle", "red", "small", 0.2, 0.5)
     right = ShapeObject("square", "blue", "small", 0.8, 0.5)
@@ -192,6 +204,7 @@ def test_required_combinations_always_appear():
         (lambda: random_scene(rng(0), constraints={"forbid": ()}), TypeError, r"constraints must be"),
         (lambda: scene_for_spec(Spec("single_object", [ObjectQuery("circle")]), rng(0), max_distractors=-1),
          ValueError, r"max_distractors = -1 must be an int >= 0"),
+        (lambda: Constraints(max_distractors=True), ValueError, r"max_distractors = True must be an int >= 0"),
         (lambda: random_scene(rng(0), num_objects=1,
                               constraints=Constraints(require=Combos(relations=[("star", "above", "cross")]))),
          ValueError, r"num_objects = 1 cannot hold a required relation.*num_objects >= 2"),
