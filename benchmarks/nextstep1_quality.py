@@ -15,6 +15,9 @@ Sampling. A sweep over text guidance ``SWEEP_CFG`` x head method ("ode", "sde"; 
 (by accuracy, then by partial credit; ties: the first) then samples the test and held-out reports
 and the edits (edits: text guidance against the empty row, plus ``EDIT_CFG_IMG`` image guidance
 when > 1). ``--threads`` defaults to 1.
+
+Prompt use. ``heldout_loss`` scores the image tokens of test-split examples under their own prompts
+and under each other's; the gap (the summary's last column) is what the model takes from its prompt.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,10 +37,11 @@ from harness import environment  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
+from nxrecipes.nextstep1.data import RowBuilder  # noqa: E402
 from nxrecipes.nextstep1.evaluate import default_sampling, edit_accuracy, sample_grid, shapeeval  # noqa: E402
 from nxrecipes.nextstep1.generate import ImageSampling  # noqa: E402
 from nxrecipes.nextstep1.pipeline import NextStep1Pipeline  # noqa: E402
-from nxrecipes.nextstep1.train import nextstep1_training_tiny, train_nextstep1  # noqa: E402
+from nxrecipes.nextstep1.train import load_run, nextstep1_training_tiny, train_nextstep1  # noqa: E402
 from nxrecipes.train.metrics import read_metrics  # noqa: E402
 from nxrecipes.train.plot import plot_run  # noqa: E402
 
@@ -55,6 +60,11 @@ RUNS: dict[str, tuple[float, dict]] = {
     # on scenes that hold only what their prompt names (by default up to two more objects of shapes the
     # prompt does not mention)
     "clean-30": (30, {"max_distractors": 0}),
+    # 32 px (--tokenizer out/tokenizer-ae-s32-4min/tokenizer, the same autoencoder trained at 32 px): 4x4 = 16
+    # tokens an image, so a token that starts an object is a larger share of the loss the prompt can lower;
+    # then text-to-image only
+    "s32-30": (30, {"size": 32}),
+    "s32-t2i-30": (30, {"size": 32, "task_mix": (("t2i", 1.0),)}),
 }
 
 
@@ -101,6 +111,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
         RESULTS / f"quality-{name}-samples.png")
     plot_run(cfg.run_dir, RESULTS / f"quality-{name}-metrics.png", keys=["loss"])
     metrics = read_metrics(cfg.run_dir)
+    losses = {key: heldout_loss(cfg.run_dir, shuffled=shuffled) for key, shuffled in LOSS_KEYS.items()}
     record = {
         "name": name, "minutes": minutes, "changes": changes, "steps": summary.step,
         "train_seconds": round(trained_s, 1), "eval_seconds": round(eval_s, 1), "threads": threads,
@@ -109,7 +120,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
                      "num_sampling_steps": STEPS, "noise": "independent"},
         "sweep_validation": sweep, "shapeeval_test": report["test"], "shapeeval_heldout": report["heldout"],
         "edit_accuracy": edits, "n": {"t2i": num, "sweep": num // 2, "edit": num // 2},
-        "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")},
+        "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")}, **losses,
         "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
         "command": f"python benchmarks/nextstep1_quality.py --tokenizer {tokenizer} --runs {name} "
                    f"--threads {threads} -n {num}",
@@ -121,19 +132,47 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
     return record
 
 
+LOSS_KEYS = {"heldout_image_loss": False, "heldout_image_loss_shuffled_prompts": True}
+
+
+@torch.no_grad()
+def heldout_loss(run_dir: Path, num: int = 64, *, shuffled: bool = False, repeats: int = 4) -> float:
+    """Mean flow-matching loss of the image tokens of ``num`` test-split text-to-image examples (no
+    text dropout; the same noise and times for every call, ``repeats`` draws). ``shuffled``: every
+    image under another example's prompt; the rise over the matched loss is what the model takes
+    from the prompt (0 for a model that ignores it)."""
+    run = load_run(run_dir)
+    builder = RowBuilder(text=run.text_tokenizer, image_tokenizer=run.image_tokenizer, drop_text_prob=0.0)
+    records = list(ShapeWorld(split="test", size=run.config.data.size, tasks=("t2i",), length=num, seed=11))
+    if shuffled:
+        records = [attrs.evolve(r, prompt=records[(i + 7) % num].prompt) for i, r in enumerate(records)]
+    batch = builder.build(records, list(range(num)))
+    losses = []
+    for r in range(repeats):
+        torch.manual_seed(r)
+        losses.append(float(run.model.loss(batch.ids, batch.latents, attention_mask=batch.attention_mask,
+                                           image_weights=batch.image_weights).image))
+    return sum(losses) / repeats
+
+
 def summary() -> str:
     rows = ["| run | min | threads | steps | cfg / method | test (partial) | held-out (partial) "
-            "| edit (cfg_img 1 / 1.5) |", "|---|---|---|---|---|---|---|---|"]
+            "| edit (cfg_img 1 / 1.5) | image loss | prompt gap (shuffled - own) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name in RUNS:
         path = RESULTS / f"quality-{name}.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
         edits = " / ".join(f"{v:.3f}" for v in r["edit_accuracy"].values())
+        loss, gap = "", ""
+        if all(k in r for k in LOSS_KEYS):
+            own, other = (r[k] for k in LOSS_KEYS)
+            loss, gap = f"{own:.5f}", f"{other - own:.5f} ({(other - own) / own:.1%})"
         rows.append(
             f"| {name} | {r['minutes']} | {r['threads']} | {r['steps']} "
             f"| {r['sampling']['cfg']} / {r['sampling']['method']} | {_score(r['shapeeval_test'])} "
-            f"| {_score(r['shapeeval_heldout'])} | {edits} |"
+            f"| {_score(r['shapeeval_heldout'])} | {edits} | {loss} | {gap} |"
         )
     return "\n".join(rows)
 
@@ -151,12 +190,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-n", "--num", type=int, default=64, help="t2i prompts per split in the report")
     parser.add_argument("--summary", action="store_true", help="print the table of recorded runs")
+    parser.add_argument("--add-heldout-loss", action="store_true",
+                        help="add the held-out image loss (own and shuffled prompts) of every recorded run "
+                             "(in --work) to its record")
     args = parser.parse_args()
     if args.runs and args.tokenizer is None:
         parser.error("--runs needs --tokenizer")
     for name in args.runs:
         run(name, args.tokenizer, args.work, args.threads, args.num)
-    if args.summary or args.runs:
+    if args.add_heldout_loss:
+        torch.set_num_threads(args.threads)
+        for name in RUNS:
+            path = RESULTS / f"quality-{name}.json"
+            if path.exists() and (args.work / name).is_dir():
+                record = json.loads(path.read_text())
+                record |= {k: heldout_loss(args.work / name, shuffled=v) for k, v in LOSS_KEYS.items()}
+                atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    if args.summary or args.runs or args.add_heldout_loss:
         print(summary())
 
 
