@@ -119,6 +119,17 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def amend_records(records: dict[Path, Path], fields: Callable[[Path], dict]) -> None:
+    """Add ``fields(run_dir)`` to every recorded run (record file -> run directory) whose record and
+    run directory both exist, rewriting the record atomically."""
+    from nxcore.checkpoint import atomic_write_text
+
+    for path, run_dir in records.items():
+        if path.exists() and run_dir.is_dir():
+            record = json.loads(path.read_text()) | fields(run_dir)
+            atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
 def write_json(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

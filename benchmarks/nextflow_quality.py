@@ -26,7 +26,7 @@ import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import environment  # noqa: E402
+from harness import amend_records, environment  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
@@ -267,13 +267,9 @@ def main() -> None:
         run(name, args.tokenizer, args.work, args.threads, args.num)
     if args.add_heldout_nll:
         torch.set_num_threads(args.threads)
-        for name in RUNS:
-            path = RESULTS / f"{name}.json"
-            if path.exists() and (args.work / name).is_dir():
-                record = json.loads(path.read_text())
-                record["heldout_nll"] = heldout_nll(args.work / name)
-                record["heldout_nll_shuffled_prompts"] = heldout_nll(args.work / name, shuffled=True)
-                atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        amend_records({RESULTS / f"{name}.json": args.work / name for name in RUNS},
+                      lambda run_dir: {"heldout_nll": heldout_nll(run_dir),
+                                       "heldout_nll_shuffled_prompts": heldout_nll(run_dir, shuffled=True)})
     if args.summary or args.runs or args.add_heldout_nll:
         table = summary()
         print(table)

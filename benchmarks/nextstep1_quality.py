@@ -33,7 +33,7 @@ import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import environment  # noqa: E402
+from harness import amend_records, environment  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
@@ -204,12 +204,8 @@ def main() -> None:
         run(name, args.tokenizer, args.work, args.threads, args.num)
     if args.add_heldout_loss:
         torch.set_num_threads(args.threads)
-        for name in RUNS:
-            path = RESULTS / f"quality-{name}.json"
-            if path.exists() and (args.work / name).is_dir():
-                record = json.loads(path.read_text())
-                record |= {k: heldout_loss(args.work / name, shuffled=v) for k, v in LOSS_KEYS.items()}
-                atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        amend_records({RESULTS / f"quality-{name}.json": args.work / name for name in RUNS},
+                      lambda run_dir: {k: heldout_loss(run_dir, shuffled=v) for k, v in LOSS_KEYS.items()})
     if args.summary or args.runs or args.add_heldout_loss:
         print(summary())
 

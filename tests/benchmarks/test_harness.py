@@ -17,3 +17,17 @@ def test_peak_rss_sees_a_transient_allocation_after_an_earlier_larger_one():
     del t
     peak = harness.peak_rss_since(base)
     assert 24 < peak < 56, peak
+
+
+def test_amend_records_adds_fields_only_where_record_and_run_exist(tmp_path):
+    import json
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a.json").write_text('{"name": "a", "score": 1}')
+    (tmp_path / "b.json").write_text('{"name": "b"}')  # its run directory is gone
+    harness.amend_records({tmp_path / "a.json": tmp_path / "a", tmp_path / "b.json": tmp_path / "b",
+                           tmp_path / "c.json": tmp_path / "a"},  # no record yet
+                          lambda run_dir: {"run": run_dir.name, "score": 2})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"name": "a", "score": 2, "run": "a"}
+    assert json.loads((tmp_path / "b.json").read_text()) == {"name": "b"}
+    assert not (tmp_path / "c.json").exists()
