@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import torch
 
 try:
@@ -117,6 +118,15 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def other_prompts(records: list) -> list:
+    """Each text-to-image record under the prompt of the record 7 places on (cyclically; 1 place when
+    7 is a multiple of their number), so that none keeps its own."""
+    if len(records) < 2:
+        raise ValueError(f"got {len(records)} records; shuffling prompts needs at least 2")
+    shift = 7 if 7 % len(records) else 1
+    return [attrs.evolve(r, prompt=records[(i + shift) % len(records)].prompt) for i, r in enumerate(records)]
 
 
 def amend_records(records: dict[Path, Path], fields: Callable[[Path], dict]) -> None:

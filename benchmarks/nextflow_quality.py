@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import amend_records, environment  # noqa: E402
+from harness import amend_records, environment, other_prompts  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
@@ -174,7 +173,7 @@ def heldout_nll(run_dir: Path, num: int = 64, *, shuffled: bool = False) -> dict
                              self_correction_p=0.0, cfg_dropout=0.0, caption_inversion=0.0)
     records = list(ShapeWorld(split="test", size=32, tasks=("t2i",), length=num, seed=11))
     if shuffled:
-        records = [attrs.evolve(r, prompt=records[(i + 7) % num].prompt) for i, r in enumerate(records)]
+        records = other_prompts(records)
     sums: dict[str, list[float]] = {}
     for i in range(0, num, 16):
         batch = collate(builder.build(records[i : i + 16], list(range(i, i + 16))), run.vocabulary)

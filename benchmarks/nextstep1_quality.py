@@ -29,11 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import amend_records, environment  # noqa: E402
+from harness import amend_records, environment, other_prompts  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
@@ -149,7 +148,7 @@ def heldout_loss(run_dir: Path, num: int = 64, *, shuffled: bool = False, repeat
     builder = RowBuilder(text=run.text_tokenizer, image_tokenizer=run.image_tokenizer, drop_text_prob=0.0)
     records = list(ShapeWorld(split="test", size=run.config.data.size, tasks=("t2i",), length=num, seed=11))
     if shuffled:
-        records = [attrs.evolve(r, prompt=records[(i + 7) % num].prompt) for i, r in enumerate(records)]
+        records = other_prompts(records)
     batch = builder.build(records, list(range(num)))
     losses = []
     for r in range(repeats):

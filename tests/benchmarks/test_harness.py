@@ -31,3 +31,16 @@ def test_amend_records_adds_fields_only_where_record_and_run_exist(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text()) == {"name": "a", "score": 2, "run": "a"}
     assert json.loads((tmp_path / "b.json").read_text()) == {"name": "b"}
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("num", [2, 3, 7, 8, 64])
+def test_other_prompts_moves_every_prompt_and_keeps_the_images(num):
+    from nxrecipes.data.shapeworld import ShapeWorld
+
+    records = list(ShapeWorld(split="test", size=32, tasks=("t2i",), length=num, seed=11))
+    moved = harness.other_prompts(records)
+    shift = 7 if num > 7 else 1  # 7 places on, as the recorded runs were scored
+    for i, (m, r) in enumerate(zip(moved, records, strict=True)):
+        assert m.image is r.image and m.prompt is records[(i + shift) % num].prompt
+    with pytest.raises(ValueError, match="at least 2"):
+        harness.other_prompts(records[:1])
