@@ -143,11 +143,8 @@ class Constraints:
     forbid: Combos = Combos()
     require: Combos = Combos()
     vary_background: bool = False
-    max_distractors: int = attrs.field(default=MAX_DISTRACTORS)
-
-    @max_distractors.validator
-    def _check_max_distractors(self, _, value: object) -> None:
-        check_max_distractors(value)
+    max_distractors: int = attrs.field(default=MAX_DISTRACTORS,
+                                       validator=lambda _, __, v: check_max_distractors(v))
 
     def allows(self, scene: Scene) -> bool:
         if self.forbid.in_scene(scene, margin=0.0):
@@ -159,7 +156,6 @@ class Constraints:
 
 
 NO_CONSTRAINTS = Constraints()
-
 
 
 def satisfies(scene: Scene, spec: Spec, margin: float = RELATION_MARGIN) -> bool:
