@@ -59,7 +59,7 @@ def evaluate_pipeline(pipeline: NextFlowPipeline, settings: EvalSettings | None 
             images.append(pipeline.text_to_image([r.prompt for r in chunk], sampling=sampling, seed=s.seed))
         pictures = [to_pil(x) for batch in images for x in batch]
         report = evaluate(pictures, [r.spec for r in data])
-        out[f"shapeeval_{split}"] = {"overall": report.overall, "categories": report.accuracy}
+        out[f"shapeeval_{split}"] = report.summary()
     if s.n_edit:
         edits = list(ShapeWorld(split="test", size=size, tasks=("edit",), length=s.n_edit, seed=s.seed))
         ok = []

@@ -35,15 +35,13 @@ def _chunks(items: list, size: int):
 def shapeeval(pipeline: NextStep1Pipeline, split: str, n: int, *, size: int,
               sampling: ImageSampling | None = None, seed: int = 1, batch: int = 16) -> dict[str, Any]:
     """ShapeEval of ``n`` text-to-image prompts of ``split`` at ``size`` px: ``overall`` and
-    ``categories`` (every requirement met), and ``partial``, the mean fraction of each prompt's
-    requirements met (finer-grained while few prompts pass)."""
+    ``categories`` (every requirement met), ``partial`` (the mean fraction of each prompt's
+    requirements met) and ``drawn`` (``ShapeEvalReport.summary``)."""
     sampling = sampling or default_sampling()
     data = list(ShapeWorld(split=split, size=size, tasks=("t2i",), length=n, seed=seed))
     images = [to_pil(x) for chunk in _chunks(data, batch) for x in pipeline.text_to_image(
         [r.prompt for r in chunk], hw=(size, size), sampling=sampling, seed=seed, progress=False)]
-    report = evaluate(images, [r.spec for r in data])
-    partial = sum(sample.score for sample in report.samples) / len(report.samples)
-    return {"overall": report.overall, "partial": partial, "categories": report.accuracy}
+    return evaluate(images, [r.spec for r in data]).summary()
 
 
 def edit_accuracy(pipeline: NextStep1Pipeline, n: int, *, size: int, sampling: ImageSampling | None = None,

@@ -165,6 +165,24 @@ def test_overall_is_the_mean_of_the_category_accuracies():
     assert report.overall == pytest.approx((2 / 3 + 1 / 2) / 2)  # not 3/5: categories weigh equally
 
 
+def test_partial_credit_and_object_counts_per_category():
+    two = Scene([obj("circle", "red", 0.3, 0.3), obj("square", "blue", 0.7, 0.7)])
+    one = Scene([obj("circle", "red", 0.3, 0.3)])
+    both = Spec("two_object", [CIRCLE, ObjectQuery("square")])
+    specs = [both, both, Spec("counting", [ObjectQuery("circle", count=3)]), Spec("single_object", [CIRCLE])]
+    report = evaluate([render(two, 64), render(one, 64), render(one, 64), BLANK], specs)
+    assert report.partial == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert report.drawn == {
+        "single_object": {"asked": 1, "drawn": 0, "empty": 1},
+        "two_object": {"asked": 2, "drawn": 1.5, "empty": 0},
+        "counting": {"asked": 3, "drawn": 1, "empty": 0},
+    }
+    summary = report.summary()
+    assert summary == {"overall": report.overall, "partial": report.partial, "categories": report.accuracy,
+                       "drawn": report.drawn}
+    assert math.isnan(ShapeEvalReport([]).partial) and ShapeEvalReport([]).drawn == {}
+
+
 def test_report_prints_a_table_and_serialises_to_json():
     specs, images, prompts = _dataset(6)
     report = evaluate(images[:5] + [BLANK], prompts, progress=True)

@@ -38,7 +38,9 @@ def test_ground_truth_scores_the_ceiling_and_blank_images_zero():
         assert report["overall"] >= 0.8 and report["partial"] >= 0.9
         assert set(report["categories"]) <= {"single_object", "two_object", "counting", "colors", "position",
                                              "color_attr"}
+        assert all(c["drawn"] >= c["asked"] and c["empty"] == 0 for c in report["drawn"].values())
         nothing = shapeeval(blank, split, 12, size=SIZE, batch=5)
         assert nothing["overall"] == 0.0 and nothing["partial"] < 0.2
+        assert all(c["drawn"] == 0 and c["empty"] == 1 for c in nothing["drawn"].values())
     assert edit_accuracy(perfect, 6, size=SIZE, batch=4) >= 0.8
     assert edit_accuracy(blank, 6, size=SIZE, batch=4) == 0.0

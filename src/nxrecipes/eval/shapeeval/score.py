@@ -172,6 +172,32 @@ class ShapeEvalReport:
         values = list(self.accuracy.values())
         return sum(values) / len(values) if values else math.nan
 
+    @property
+    def partial(self) -> float:
+        """The mean partial credit over samples (finer-grained than ``overall`` while few pass)."""
+        return sum(s.score for s in self.samples) / len(self.samples) if self.samples else math.nan
+
+    @property
+    def drawn(self) -> dict[str, dict[str, float]]:
+        """category -> ``asked`` (mean objects its prompts name), ``drawn`` (mean objects detected) and
+        ``empty`` (the fraction of images where nothing is detected): whether a model or sampler draws
+        too few objects or too many, which accuracy alone does not say."""
+        out: dict[str, dict[str, float]] = {}
+        for category in CATEGORIES:
+            group = [s for s in self.samples if s.category == category]
+            if group:
+                out[category] = {
+                    "asked": sum(q.count for s in group for q in s.spec.objects) / len(group),
+                    "drawn": sum(len(s.detections) for s in group) / len(group),
+                    "empty": sum(not s.detections for s in group) / len(group),
+                }
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """``overall``, ``partial``, per-category ``categories`` accuracy and ``drawn`` counts."""
+        return {"overall": self.overall, "partial": self.partial, "categories": self.accuracy,
+                "drawn": self.drawn}
+
     def format_table(self) -> str:
         rows = [(c, str(n), f"{k / n:.3f}") for c, (k, n) in self.categories.items()]
         rows.append(("overall", str(len(self.samples)), f"{self.overall:.3f}"))
