@@ -129,6 +129,17 @@ def other_prompts(records: list) -> list:
     return [attrs.evolve(r, prompt=records[(i + shift) % len(records)].prompt) for i, r in enumerate(records)]
 
 
+def objects_drawn(report: dict) -> str:
+    """"drawn / asked (empty)": mean objects detected and named per image, and the share of empty
+    images, averaged over the categories of a ShapeEval ``summary()``; blank for records older than
+    its ``drawn``."""
+    counts = list(report.get("drawn", {}).values())
+    if not counts:
+        return ""
+    asked, drawn, empty = (sum(c[k] for c in counts) / len(counts) for k in ("asked", "drawn", "empty"))
+    return f"{drawn:.2f} / {asked:.2f} ({empty:.2f})"
+
+
 def amend_records(records: dict[Path, Path], fields: Callable[[Path], dict]) -> None:
     """Add ``fields(run_dir)`` to every recorded run (record file -> run directory) whose record and
     run directory both exist, rewriting the record atomically."""

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import amend_records, environment, other_prompts  # noqa: E402
+from harness import amend_records, environment, objects_drawn, other_prompts  # noqa: E402
 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
@@ -76,6 +76,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     "s32-t2i-clean-lr2-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3}),
     "s32-t2i-clean-lr2-head256-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3,
                                           "head": FlowHeadConfig(cond_dim=128, width=256, depth=6)}),
+    # with the official 2D sin-cos position of each image token added to its input
+    "s32-t2i-clean-lr2-genpos-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
 }
 
 
@@ -184,7 +186,8 @@ def summary() -> str:
         rows.append(
             f"| {name} | {r['minutes']} | {r['threads']} | {r['steps']} "
             f"| {r['sampling']['cfg']} / {r['sampling']['method']} | {_score(r['shapeeval_test'])} "
-            f"| {_score(r['shapeeval_heldout'])} | {edits} | {loss} | {gap} | {_drawn(r['shapeeval_test'])} |"
+            f"| {_score(r['shapeeval_heldout'])} | {edits} | {loss} | {gap} "
+            f"| {objects_drawn(r['shapeeval_test'])} |"
         )
     return "\n".join(rows)
 
@@ -192,16 +195,6 @@ def summary() -> str:
 def _score(report: dict) -> str:
     partial = report.get("partial")
     return f"{report['overall']:.3f}" + ("" if partial is None else f" ({partial:.3f})")
-
-
-def _drawn(report: dict) -> str:
-    """Mean objects detected and named per test image, and the share of empty images (records since
-    ``ShapeEvalReport.drawn``)."""
-    counts = list(report.get("drawn", {}).values())
-    if not counts:
-        return ""
-    asked, drawn, empty = (sum(c[k] for c in counts) / len(counts) for k in ("asked", "drawn", "empty"))
-    return f"{drawn:.2f} / {asked:.2f} ({empty:.2f})"
 
 
 def main() -> None:

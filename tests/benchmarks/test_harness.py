@@ -44,3 +44,10 @@ def test_other_prompts_moves_every_prompt_and_keeps_the_images(num):
         assert m.image is r.image and m.prompt is records[(i + shift) % num].prompt
     with pytest.raises(ValueError, match="at least 2"):
         harness.other_prompts(records[:1])
+
+
+def test_objects_drawn_averages_categories_and_is_blank_for_older_records():
+    report = {"drawn": {"colors": {"asked": 1, "drawn": 0.5, "empty": 0.5},
+                        "counting": {"asked": 3, "drawn": 2.5, "empty": 0.0}}}
+    assert harness.objects_drawn(report) == "1.50 / 2.00 (0.25)"
+    assert harness.objects_drawn({"overall": 0.0}) == ""

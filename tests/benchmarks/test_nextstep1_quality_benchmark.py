@@ -9,7 +9,7 @@ from nxcore.tokenizer.autoencoder import NextStepAutoencoder, autoencoder_tiny
 from nxrecipes.nextstep1.train import nextstep1_text_tokenizer, nextstep1_training_tiny, train_nextstep1
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from nextstep1_quality import _drawn, heldout_loss  # noqa: E402
+from nextstep1_quality import heldout_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,3 @@ def test_heldout_loss_is_fixed_and_moves_with_the_prompt(run_dir):
     # the head reads the backbone once its zero-started AdaLN has moved (update 2), so prompts matter
     assert heldout_loss(run_dir, num=6, repeats=2, shuffled=True) != own
 
-
-def test_the_objects_column_averages_categories_and_is_blank_for_older_records():
-    report = {"drawn": {"colors": {"asked": 1, "drawn": 0.5, "empty": 0.5},
-                        "counting": {"asked": 3, "drawn": 2.5, "empty": 0.0}}}
-    assert _drawn(report) == "1.50 / 2.00 (0.25)"
-    assert _drawn({"overall": 0.0}) == ""
