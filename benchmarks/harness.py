@@ -130,9 +130,9 @@ def other_prompts(records: list) -> list:
 
 
 def objects_drawn(report: dict) -> str:
-    """"drawn / asked (empty)": mean objects detected and named per image, and the share of empty
-    images, averaged over the categories of a ShapeEval ``summary()``; blank for records older than
-    its ``drawn``."""
+    """"drawn / asked (empty)": mean objects detected and named per image, and the share of images
+    where no object is detected, averaged over the categories of a ShapeEval ``summary()``; blank for
+    records older than its ``drawn``."""
     counts = list(report.get("drawn", {}).values())
     if not counts:
         return ""

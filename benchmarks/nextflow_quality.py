@@ -105,8 +105,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     # to two objects of shapes the prompt does not mention, which the model must learn to draw at random)
     "drop0.25-acc-nosc-t2i-gridpos-refine4-clean-30": (
         30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4, "max_distractors": 0}),
-    # NextStep-1 trained on "a <colour> <shape>" prompts for 6 minutes drew the named colour twice as often
-    # at lr 2e-3 as at 1e-3
+    # NextStep-1, in an ad-hoc 6-minute run on "a <colour> <shape>" prompts, drew the named colour twice as
+    # often at lr 2e-3 as at 1e-3
     "drop0.25-acc-nosc-t2i-gridpos-refine4-clean-lr2-30": (
         30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4, "max_distractors": 0, "lr": 2e-3}),
 }

@@ -70,9 +70,9 @@ RUNS: dict[str, tuple[float, dict]] = {
     # updates)? The 30-minute models take under 1% of their image loss from the prompt
     "s32-t2i-60": (60, {"size": 32, "task_mix": (("t2i", 1.0),)}),
     "s32-t2i-b64-30": (30, {"size": 32, "task_mix": (("t2i", 1.0),), "batch_size": 64, "lr": 2e-3}),
-    # distractors hide which object a prompt names: trained 6 minutes on "a <colour> <shape>" prompts only,
-    # the model draws the named colour on clean scenes and ignores it beside two distractors; lr 2e-3 learns
-    # faster, a wider and deeper head draws crisper shapes per update
+    # distractors hide which object a prompt names: in an ad-hoc 6-minute run on "a <colour> <shape>" prompts
+    # only, the model drew the named colour on clean scenes and ignored it beside two distractors, and drew
+    # it twice as often at lr 2e-3; does a wider and deeper head then draw crisper shapes?
     "s32-t2i-clean-lr2-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3}),
     "s32-t2i-clean-lr2-head256-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3,
                                           "head": FlowHeadConfig(cond_dim=128, width=256, depth=6)}),

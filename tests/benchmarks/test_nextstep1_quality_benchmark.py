@@ -29,4 +29,3 @@ def test_heldout_loss_is_fixed_and_moves_with_the_prompt(run_dir):
     assert own == heldout_loss(run_dir, num=6, repeats=2) and own > 0
     # the head reads the backbone once its zero-started AdaLN has moved (update 2), so prompts matter
     assert heldout_loss(run_dir, num=6, repeats=2, shuffled=True) != own
-
