@@ -195,12 +195,13 @@ def test_report_prints_a_table_and_serialises_to_json():
     data = json.loads(json.dumps(report.to_dict()))
     assert data["overall"] == pytest.approx(5 / 6)
     assert data["categories"]["color_attr"] == {"accuracy": 0.0, "satisfied": 0, "samples": 1}
+    assert data["partial"] == pytest.approx(report.partial) and data["drawn"]["color_attr"]["empty"] == 1.0
     assert len(data["samples"]) == 6
     first = data["samples"][0]
     assert first["prompt"] == prompts[0] and first["satisfied"] and first["spec"]["category"] == specs[0].category
     assert {"shape", "colour", "x", "y", "area"} <= set(first["detections"][0])
     empty = ShapeEvalReport([])
-    assert math.isnan(empty.overall) and empty.to_dict()["overall"] is None
+    assert math.isnan(empty.overall) and empty.to_dict()["overall"] is None and empty.to_dict()["partial"] is None
 
 
 def test_evaluate_rejects_bad_arguments():

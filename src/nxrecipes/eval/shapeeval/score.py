@@ -211,9 +211,11 @@ class ShapeEvalReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        overall = self.overall
+        overall, partial = self.overall, self.partial
         return {
             "overall": None if math.isnan(overall) else overall,
+            "partial": None if math.isnan(partial) else partial,
+            "drawn": self.drawn,
             "categories": {
                 c: {"accuracy": k / n, "satisfied": k, "samples": n} for c, (k, n) in self.categories.items()
             },
