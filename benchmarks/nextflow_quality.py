@@ -109,6 +109,9 @@ RUNS: dict[str, tuple[float, dict]] = {
     # often at lr 2e-3 as at 1e-3
     "drop0.25-acc-nosc-t2i-gridpos-refine4-clean-lr2-30": (
         30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4, "max_distractors": 0, "lr": 2e-3}),
+    # ... and batch 32: fewer, less noisy updates
+    "drop0.25-acc-nosc-t2i-gridpos-refine4-clean-b32-30": (
+        30, {**_DS2_T2I, **_PLACED, "refiner_blocks": 4, "max_distractors": 0, "lr": 2e-3, "batch_size": 32}),
 }
 """main-10 is also the alpha = 0.9, residual + self-correction and shared-head point of each ablation."""
 

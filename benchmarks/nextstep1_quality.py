@@ -78,6 +78,8 @@ RUNS: dict[str, tuple[float, dict]] = {
                                           "head": FlowHeadConfig(cond_dim=128, width=256, depth=6)}),
     # with the official 2D sin-cos position of each image token added to its input
     "s32-t2i-clean-lr2-genpos-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
+    # batch 64 was the best of the cluttered runs (s32-t2i-b64-30): fewer, less noisy updates
+    "s32-t2i-clean-b64-30": (30, {**S32_T2I_CLEAN, "batch_size": 64, "lr": 2e-3}),
 }
 
 
