@@ -52,7 +52,8 @@ STEPS = 20
 EDIT_CFG_IMG = (1.0, 1.5)
 SEED = 1
 
-S32_T2I_CLEAN = {"size": 32, "task_mix": (("t2i", 1.0),), "max_distractors": 0}
+_S32_T2I = {"size": 32, "task_mix": (("t2i", 1.0),)}
+_S32_T2I_CLEAN = {**_S32_T2I, "max_distractors": 0}
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextstep1_training_tiny)
     "smoke": (1.5, {}),
@@ -65,21 +66,21 @@ RUNS: dict[str, tuple[float, dict]] = {
     # tokens an image, so a token that starts an object is a larger share of the loss the prompt can lower;
     # then text-to-image only
     "s32-30": (30, {"size": 32}),
-    "s32-t2i-30": (30, {"size": 32, "task_mix": (("t2i", 1.0),)}),
+    "s32-t2i-30": (30, _S32_T2I),
     # ... do more updates teach the prompt (60 min), or less noisy ones (batch 64, lr 2e-3; a quarter of the
     # updates)? The 30-minute models take under 1% of their image loss from the prompt
-    "s32-t2i-60": (60, {"size": 32, "task_mix": (("t2i", 1.0),)}),
-    "s32-t2i-b64-30": (30, {"size": 32, "task_mix": (("t2i", 1.0),), "batch_size": 64, "lr": 2e-3}),
+    "s32-t2i-60": (60, _S32_T2I),
+    "s32-t2i-b64-30": (30, {**_S32_T2I, "batch_size": 64, "lr": 2e-3}),
     # distractors hide which object a prompt names: in an ad-hoc 6-minute run on "a <colour> <shape>" prompts
     # only, the model drew the named colour on clean scenes and ignored it beside two distractors, and drew
     # it twice as often at lr 2e-3; does a wider and deeper head then draw crisper shapes?
-    "s32-t2i-clean-lr2-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3}),
-    "s32-t2i-clean-lr2-head256-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3,
+    "s32-t2i-clean-lr2-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3}),
+    "s32-t2i-clean-lr2-head256-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3,
                                           "head": FlowHeadConfig(cond_dim=128, width=256, depth=6)}),
     # with the official 2D sin-cos position of each image token added to its input
-    "s32-t2i-clean-lr2-genpos-30": (30, {**S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
+    "s32-t2i-clean-lr2-genpos-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
     # batch 64 was the best of the cluttered runs (s32-t2i-b64-30): fewer, less noisy updates
-    "s32-t2i-clean-b64-30": (30, {**S32_T2I_CLEAN, "batch_size": 64, "lr": 2e-3}),
+    "s32-t2i-clean-b64-30": (30, {**_S32_T2I_CLEAN, "batch_size": 64, "lr": 2e-3}),
 }
 
 
