@@ -24,6 +24,15 @@ row of text CFG, and the image-only row of editing's 3-way CFG); with probabilit
 the default here is 0.1 (as NextFlow's ``cfg_dropout``): a 10-minute CPU run needs every
 conditional row it can get, and 0.1 still gives CFG a usable unconditional branch.
 
+**Input noise** (``input_noise`` γ, 0 = off): the target image's latents as the backbone reads them
+become x + σ·ε, σ ~ U[0, γ] per token and ε ~ N(0, I) (from ``numpy.random.default_rng([seed, epoch,
+index, 1])``), while the flow-matching targets stay clean (``NextStep1Batch.targets``). At generation the
+backbone reads the head's own samples, which are never quite on the data; a model trained only on clean
+latents is brittle to that (teacher-forced on a test set, noise of std 0.2 on the context, which the
+autoencoder decodes to the same image, halves ShapeEval). This is the continuous counterpart of
+NextFlow's self-correction; upstream's GH-v2 trainer has a default-off ``noise_strength`` on the
+transformer's input latents. The source image of an edit is read clean, as at inference.
+
 **Latents**: ``encode`` runs the frozen autoencoder (eval, no grad) on every image of a batch in
 one call and returns normalised tokens in raster order; ``Encoded`` keeps a record's latents and
 texts so a caller may cache them per dataset index (``NextStep1Batches`` in ``train.py``).
@@ -41,7 +50,7 @@ from PIL import Image as PILImage
 from torch import Tensor, nn
 
 from nxcore.checks import check_tensor
-from nxcore.config import in_range, integer
+from nxcore.config import finite_number, in_range, integer, non_negative
 from nxcore.tokenizer import SpecialTokens
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxcore.typing import Bool, Float, Int
@@ -73,30 +82,36 @@ class Encoded:
 
 @attrs.frozen(kw_only=True, eq=False)
 class Row:
-    """One formatted example: ``ids``, the latents of its placeholders in order and whether each
-    image carries the flow-matching loss."""
+    """One formatted example: ``ids``, the latents of its placeholders in order (as the backbone
+    reads them), whether each image carries the flow-matching loss, and ``targets``: the clean
+    latents when ``images`` were perturbed (input noise), else None."""
 
     ids: tuple[int, ...]
     images: tuple[Tensor, ...]
     loss: tuple[bool, ...]
     task: str
+    targets: tuple[Tensor, ...] | None = None
 
 
 @attrs.frozen(kw_only=True, eq=False)
 class NextStep1Batch:
     """Right-padded rows: ``ids`` [batch, seq] (``pad_id`` after each row), ``attention_mask`` (True on
-    real tokens), ``latents`` [images, latent_dim] of every placeholder in row-major order,
-    ``image_weights`` [images] (1: target image, 0: source image), the ``tasks`` of the rows."""
+    real tokens), ``latents`` [images, latent_dim] of every placeholder in row-major order (the
+    backbone's inputs), ``image_weights`` [images] (1: target image, 0: source image), the ``tasks``
+    of the rows, and ``targets``: the clean flow-matching targets when input noise perturbed
+    ``latents`` (None: the targets are ``latents``)."""
 
     ids: Int[Tensor, "batch seq"]
     attention_mask: Bool[Tensor, "batch seq"]
     latents: Float[Tensor, "images latent_dim"]
     image_weights: Float[Tensor, " images"]
     tasks: tuple[str, ...]
+    targets: Float[Tensor, "images latent_dim"] | None = None
 
     def to(self, device: torch.device | str) -> NextStep1Batch:
         return attrs.evolve(self, ids=self.ids.to(device), attention_mask=self.attention_mask.to(device),
-                            latents=self.latents.to(device), image_weights=self.image_weights.to(device))
+                            latents=self.latents.to(device), image_weights=self.image_weights.to(device),
+                            targets=None if self.targets is None else self.targets.to(device))
 
     @property
     def tokens(self) -> int:
@@ -105,25 +120,29 @@ class NextStep1Batch:
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> NextStep1Batch:
-    """Right-pad ``rows`` to the longest with ``pad_id``; stack their latents in row-major order."""
+    """Right-pad ``rows`` to the longest with ``pad_id``; stack their latents (and, when any row was
+    perturbed, every row's clean targets) in row-major order."""
     if not rows:
         raise ValueError("collate needs at least one row")
     longest = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.int64)
     mask = torch.zeros((len(rows), longest), dtype=torch.bool)
-    latents, weights = [], []
+    latents, weights, targets = [], [], []
     for b, row in enumerate(rows):
         ids[b, : len(row.ids)] = torch.tensor(row.ids, dtype=torch.int64)
         mask[b, : len(row.ids)] = True
         for image, loss in zip(row.images, row.loss, strict=True):
             latents.append(image)
             weights.append(torch.full((image.shape[0],), float(loss)))
+        targets += row.images if row.targets is None else row.targets
     dim = rows[0].images[0].shape[1] if latents else 0
+    perturbed = any(r.targets is not None for r in rows)
     return NextStep1Batch(
         ids=ids, attention_mask=mask,
         latents=torch.cat(latents) if latents else torch.zeros(0, dim),
         image_weights=torch.cat(weights) if weights else torch.zeros(0),
         tasks=tuple(r.task for r in rows),
+        targets=torch.cat(targets) if perturbed else None,
     )
 
 
@@ -134,13 +153,15 @@ class RowBuilder:
     ``text``: the text tokenizer (its special tokens must include ``NEXTSTEP1_SPECIALS``' pad,
     image area, begin/end of image and placeholder); ``image_tokenizer``: the frozen autoencoder
     (``encode`` images [B, 3, H, W] in [-1, 1] -> [B, H/d, W/d, latent_dim]); put in eval mode with
-    gradients off.
+    gradients off. ``drop_text_prob`` / ``drop_image_prob``: CFG dropout; ``input_noise``: the largest
+    std of the noise on the target image's input latents (module docstring; 0 = off).
     """
 
     text: TextTokenizer
     image_tokenizer: nn.Module
     drop_text_prob: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     drop_image_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    input_noise: float = attrs.field(default=0.0, validator=[finite_number(), non_negative()])
     seed: int = attrs.field(default=0, validator=integer(at_least=0))
 
     def __attrs_post_init__(self) -> None:
@@ -185,20 +206,30 @@ class RowBuilder:
         u = np.random.default_rng([self.seed, epoch, index]).random(2)
         return bool(u[0] < self.drop_text_prob), bool(u[1] < self.drop_image_prob)
 
+    def noisy(self, latents: Tensor, index: int, epoch: int = 0) -> Tensor:
+        """``latents`` [tokens, latent_dim] + σ·ε with σ ~ U[0, input_noise] per token (example
+        ``index`` of ``epoch``; module docstring)."""
+        rng = np.random.default_rng([self.seed, epoch, index, 1])
+        sigma = rng.uniform(0.0, self.input_noise, size=(latents.shape[0], 1))
+        noise = torch.from_numpy(sigma * rng.standard_normal(tuple(latents.shape)))
+        return latents + noise.to(latents.dtype)
+
     def format(self, encoded: Encoded, index: int, epoch: int = 0) -> Row:
-        """The row of one encoded record (module docstring's template, with its dropout coins)."""
+        """The row of one encoded record (module docstring's template, with its dropout coins and
+        input noise)."""
         drop_text, drop_image = self.coins(index, epoch)
         h, w = encoded.grid
         text = [] if drop_text else self.text.encode(encoded.text)
         eos = [] if self.text.eos_id is None else [self.text.eos_id]
+        target = encoded.target if self.input_noise == 0 else self.noisy(encoded.target, index, epoch)
         if encoded.task == "t2i" or (encoded.task == "edit" and drop_image):
             ids = text if encoded.task == "t2i" else []
-            return Row(ids=tuple(ids + self.image_ids(h, w) + eos), images=(encoded.target,), loss=(True,),
-                       task=encoded.task)
+            return Row(ids=tuple(ids + self.image_ids(h, w) + eos), images=(target,), loss=(True,),
+                       task=encoded.task, targets=None if self.input_noise == 0 else (encoded.target,))
         if encoded.task == "edit":
             ids = self.image_ids(h, w) + text + self.image_ids(h, w) + eos
-            return Row(ids=tuple(ids), images=(encoded.source, encoded.target), loss=(False, True),
-                       task="edit")
+            return Row(ids=tuple(ids), images=(encoded.source, target), loss=(False, True), task="edit",
+                       targets=None if self.input_noise == 0 else (encoded.source, encoded.target))
         raise ValueError(f"no NextStep-1 row for task {encoded.task!r}; formatted tasks are {list(TASKS)}")
 
     # --- images ---------------------------------------------------------------------------------

@@ -307,6 +307,20 @@ class NextStep1(nn.Module):
             hidden = hidden + table[index].to(hidden.dtype)
         return self.image_out_projector(hidden)
 
+    @typecheck
+    def image_conditions(
+        self, hidden: Float[Tensor, "batch seq dim"], ids: Int[Tensor, "batch seq"]
+    ) -> Float[Tensor, "images dim"]:
+        """The head condition of every image placeholder of ``ids`` (row-major) from the teacher-forced
+        ``hidden`` of ``forward``: image token j is predicted from position j - 1."""
+        is_image = ids == self.config.image_placeholder_id
+        if bool(is_image[:, 0].any()):
+            raise ValueError(
+                "an image placeholder sits at position 0 of a row: image token j is predicted from "
+                "position j - 1; start every image with <|begin_of_image|>"
+            )
+        return self.condition(hidden[:, :-1][is_image[:, 1:]], self._image_index(is_image))
+
     # --- training -------------------------------------------------------------------------------
 
     @typecheck
@@ -333,12 +347,7 @@ class NextStep1(nn.Module):
         if n_image == 0:
             image = hidden.new_zeros((), dtype=torch.float32)
         else:
-            if bool(is_image[:, 0].any()):
-                raise ValueError(
-                    "an image placeholder sits at position 0 of a row: image token j is predicted from "
-                    "position j - 1; start every image with <|begin_of_image|>"
-                )
-            cond = self.condition(hidden[:, :-1][is_image[:, 1:]], self._image_index(is_image))
+            cond = self.image_conditions(hidden, ids)
             goal = latents if targets is None else targets
             image = self.image_head.loss(cond, goal, image_weights, generator=generator)
         total = c.lm_loss_weight * text + c.image_loss_weight * image

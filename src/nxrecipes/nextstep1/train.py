@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from nxcore.checkpoint.matching import load_into
-from nxcore.config import Config, boolean, config, in_range, integer, one_of
+from nxcore.config import Config, boolean, config, finite_number, in_range, integer, non_negative, one_of
 from nxcore.tokenizer import BPETokenizer
 from nxcore.tokenizer.protocol import TextTokenizer
 from nxrecipes.data.shapeworld import ShapeWorld
@@ -141,7 +141,8 @@ def nextstep1_text_tokenizer(**changes: Any) -> TextTokenizerConfig:
 class NextStep1DataConfig(Config):
     """What NextStep-1 trains on: ShapeWorld ``split`` rendered at ``size`` px (a multiple of the
     autoencoder's downsample), ``samples`` indices per epoch drawn by ``task_mix`` (t2i, edit);
-    ``drop_text_prob`` / ``drop_image_prob``: the CFG dropout of ``RowBuilder``; ``cache_latents``:
+    ``drop_text_prob`` / ``drop_image_prob``: the CFG dropout of ``RowBuilder``; ``input_noise``: the
+    largest std of the noise on the target image's input latents (``RowBuilder``, 0 = off); ``cache_latents``:
     keep every index's latents in memory (module docstring)."""
 
     size: int = attrs.field(default=64, validator=integer(at_least=1))
@@ -153,6 +154,7 @@ class NextStep1DataConfig(Config):
     max_distractors: int = attrs.field(default=MAX_DISTRACTORS, validator=integer(at_least=0))
     drop_text_prob: float = attrs.field(default=0.1, validator=in_range(0.0, 1.0))
     drop_image_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    input_noise: float = attrs.field(default=0.0, validator=[finite_number(), non_negative()])
     cache_latents: bool = attrs.field(default=False, validator=boolean())
 
     def dataset(self, seed: int) -> ShapeWorld:
@@ -163,7 +165,7 @@ class NextStep1DataConfig(Config):
 
     def builder(self, text: TextTokenizer, image_tokenizer: nn.Module, seed: int) -> RowBuilder:
         return RowBuilder(text=text, image_tokenizer=image_tokenizer, drop_text_prob=self.drop_text_prob,
-                          drop_image_prob=self.drop_image_prob, seed=seed)
+                          drop_image_prob=self.drop_image_prob, input_noise=self.input_noise, seed=seed)
 
 
 def _parallel_none(instance: Any, attribute: attrs.Attribute, value: TrainConfig) -> None:
@@ -250,7 +252,8 @@ class NextStep1Step:
 
     def __call__(self, model: nn.Module, batch: NextStep1Batch) -> tuple[Tensor, dict[str, float]]:
         b = batch.to(next(model.parameters()).device)
-        out = model.loss(b.ids, b.latents, attention_mask=b.attention_mask, image_weights=b.image_weights)
+        out = model.loss(b.ids, b.latents, targets=b.targets, attention_mask=b.attention_mask,
+                         image_weights=b.image_weights)
         return out.total, {"loss/text": float(out.text.detach()), "loss/image": float(out.image.detach()),
                            "tokens": b.tokens}
 

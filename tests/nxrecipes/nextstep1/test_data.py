@@ -105,6 +105,27 @@ def test_cfg_dropout_empties_the_text_and_optionally_the_source(text, ae, record
     assert 0.25 < rate < 0.35 and coins[:400] != coins[400:]  # epochs draw fresh coins
 
 
+def test_input_noise_perturbs_only_the_target_image_inputs_and_keeps_clean_targets(text, ae, records):
+    (t2i, _), (edit, _) = records
+    clean = builder(text, ae, drop_text_prob=0.0).build([t2i, edit], [0, 1])
+    assert clean.targets is None  # off by default: the targets are the inputs
+    b = builder(text, ae, drop_text_prob=0.0, input_noise=0.5, seed=2)
+    noisy = b.build([t2i, edit], [0, 1])
+    assert torch.equal(noisy.ids, clean.ids) and torch.equal(noisy.targets, clean.latents)
+    moved = (noisy.latents - clean.latents).norm(dim=1)
+    assert (moved[:16] > 0).all() and (moved[32:] > 0).all()  # the two target images
+    assert torch.equal(noisy.latents[16:32], clean.latents[16:32])  # the edit's source is read clean
+    # sigma ~ U[0, 0.5] per token: the per-token RMS spans that range and stays within it (up to chance)
+    per_token = (noisy.latents - clean.latents).pow(2).mean(dim=1).sqrt()[noisy.image_weights > 0]
+    assert per_token.max() < 0.5 * 1.6 and per_token.min() < 0.2 and per_token.max() > 0.3, per_token
+    again = b.build([t2i, edit], [0, 1])
+    assert torch.equal(again.latents, noisy.latents)  # deterministic per (seed, epoch, index)
+    assert not torch.equal(b.build([t2i, edit], [0, 1], epoch=1).latents, noisy.latents)
+    assert not torch.equal(b.build([t2i, edit], [5, 1]).latents[:16], noisy.latents[:16])
+    with pytest.raises(ValueError, match="input_noise"):
+        builder(text, ae, input_noise=-0.1)
+
+
 def test_the_cache_gives_the_same_batches_without_rendering_again(text, ae):
     class Counting(list):
         reads = 0

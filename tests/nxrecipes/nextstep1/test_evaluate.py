@@ -1,10 +1,17 @@
 """The ShapeWorld evaluation of a NextStep-1 pipeline: prompts and images stay paired, a pipeline that
-draws the ground truth scores the ceiling and one that draws nothing scores zero."""
+draws the ground truth scores the ceiling and one that draws nothing scores zero; teacher forcing
+with an oracle head redraws the ground truth, and noise on the context reaches the head."""
 
+import pytest
 import torch
+from torch import nn
 
+from nxcore.sampler.field import CallableField
+from nxcore.tokenizer import BPETokenizer
 from nxrecipes.data.shapeworld import ShapeWorld, to_float
-from nxrecipes.nextstep1.evaluate import edit_accuracy, shapeeval
+from nxrecipes.data.shapeworld.corpus import text_corpus
+from nxrecipes.nextstep1.data import NEXTSTEP1_SPECIALS
+from nxrecipes.nextstep1.evaluate import edit_accuracy, shapeeval, teacher_forced
 
 SIZE = 32
 
@@ -44,3 +51,58 @@ def test_ground_truth_scores_the_ceiling_and_blank_images_zero():
         assert all(c["drawn"] == 0 and c["empty"] == 1 for c in nothing["drawn"].values())
     assert edit_accuracy(perfect, 6, size=SIZE, batch=4) >= 0.8
     assert edit_accuracy(blank, 6, size=SIZE, batch=4) == 0.0
+
+
+class Pixels(nn.Module):
+    """An exact image tokenizer: 8x8 pixel patches as 192-wide tokens."""
+
+    downsample, latent_dim = 8, 192
+
+    def encode(self, x):
+        return nn.functional.pixel_unshuffle(x, 8).permute(0, 2, 3, 1)
+
+    def decode(self, z):
+        return nn.functional.pixel_shuffle(z.permute(0, 3, 1, 2), 8)
+
+
+class Oracle(nn.Module):
+    """Reads the context it is given and conditions each image token on that token itself; its head's
+    field carries any point straight to its condition by t = 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(1, 1)
+        self.image_head = self
+
+    def forward(self, ids, latents, attention_mask):
+        self.context = latents
+        return ids
+
+    def image_conditions(self, hidden, ids):
+        return self.context
+
+    def predict(self, cond):
+        return CallableField(lambda x, t: (cond - x) / (1 - t)[:, None].clamp(min=1e-6), tuple(cond.shape))
+
+
+class OraclePipeline:
+    def __init__(self):
+        self.model, self.image_tokenizer, self.device = Oracle(), Pixels(), torch.device("cpu")
+        self.text_tokenizer = BPETokenizer.train(text_corpus(5), 300, special_tokens=NEXTSTEP1_SPECIALS)
+
+    def grid(self, hw):
+        return hw[0] // 8, hw[1] // 8
+
+    def decode(self, latents):
+        return ((self.image_tokenizer.decode(latents) + 1) / 2).clamp(0, 1)
+
+
+def test_teacher_forcing_with_an_oracle_head_redraws_the_truth_until_the_context_is_noisy():
+    oracle = OraclePipeline()
+    clean = teacher_forced(oracle, "test", 12, size=SIZE, steps=4, batch=5)
+    truth = shapeeval(GroundTruth(), "test", 12, size=SIZE, batch=5)
+    assert clean == truth  # the same prompts, images equal to ShapeWorld's
+    noisy = teacher_forced(oracle, "test", 12, size=SIZE, steps=4, batch=5, context_noise=1.0)
+    assert noisy["partial"] < clean["partial"] - 0.3
+    with pytest.raises(ValueError, match="context_noise must be a number >= 0, got -1"):
+        teacher_forced(oracle, "test", 2, size=SIZE, context_noise=-1)

@@ -15,7 +15,9 @@ from nxrecipes.nextstep1 import NextStep1
 from nxrecipes.nextstep1.data import NEXTSTEP1_SPECIALS
 from nxrecipes.nextstep1.train import (
     NextStep1Batches,
+    NextStep1Step,
     NextStep1TrainConfig,
+    load_autoencoder,
     load_run,
     nextstep1_text_tokenizer,
     nextstep1_training_tiny,
@@ -96,6 +98,24 @@ def test_minutes_plan_the_updates_once_and_keep_the_plan_on_resume(tmp_path, ae_
     assert json.loads((tmp_path / "plan.json").read_text())["total_steps"] == 2
     again = train_nextstep1(cfg, progress=False)
     assert (again.resumed_from, again.step, again.total_steps) == (2, 2, 2)
+
+
+def test_with_input_noise_the_step_reads_noisy_latents_and_scores_clean_targets(tmp_path, ae_dir):
+    cfg = tiny(tmp_path, ae_dir, input_noise=0.5)
+    assert cfg.data.input_noise == 0.5 and NextStep1TrainConfig.from_json(cfg.to_json()) == cfg
+    batch = NextStep1Batches(cfg.data.dataset(0), cfg.data.builder(TEXT.build(), load_autoencoder(ae_dir), 0),
+                             2).next_batch()
+    assert batch.targets is not None and not torch.equal(batch.latents, batch.targets)
+    model = cfg.model.build()
+
+    def loss(targets):
+        torch.manual_seed(0)
+        return model.loss(batch.ids, batch.latents, targets=targets, attention_mask=batch.attention_mask,
+                          image_weights=batch.image_weights).total
+
+    torch.manual_seed(0)
+    total, _ = NextStep1Step()(model, batch)
+    assert torch.equal(total, loss(batch.targets)) and not torch.equal(total, loss(None))
 
 
 def test_configs_round_trip_and_refuse_what_cannot_work(tmp_path, ae_dir):
