@@ -16,6 +16,11 @@ Sampling. A sweep over text guidance ``SWEEP_CFG`` x head method ("ode", "sde"; 
 and the edits (edits: text guidance against the empty row, plus ``EDIT_CFG_IMG`` image guidance
 when > 1). ``--threads`` defaults to 1.
 
+Teacher forcing. ``teacher_forced_scores``: ShapeEval of test-split images whose every token the head
+samples from the true preceding tokens (``nxrecipes.nextstep1.evaluate.teacher_forced``), with clean
+context and with noise of std 0.2 on it (which the autoencoder decodes to the same image): the ceiling
+the head sets, and how much of it survives context slightly off the data.
+
 Prompt use. ``heldout_loss`` scores the image tokens of test-split examples under their own prompts
 and under each other's; the gap (the summary's last column) is what the model takes from its prompt.
 """
@@ -37,7 +42,13 @@ from harness import amend_records, environment, objects_drawn, other_prompts  # 
 from nxcore.checkpoint import atomic_write_text  # noqa: E402
 from nxrecipes.data.shapeworld import ShapeWorld  # noqa: E402
 from nxrecipes.nextstep1.data import RowBuilder  # noqa: E402
-from nxrecipes.nextstep1.evaluate import default_sampling, edit_accuracy, sample_grid, shapeeval  # noqa: E402
+from nxrecipes.nextstep1.evaluate import (  # noqa: E402
+    default_sampling,
+    edit_accuracy,
+    sample_grid,
+    shapeeval,
+    teacher_forced,
+)
 from nxrecipes.nextstep1.generate import ImageSampling  # noqa: E402
 from nxrecipes.nextstep1.head import FlowHeadConfig  # noqa: E402
 from nxrecipes.nextstep1.pipeline import NextStep1Pipeline  # noqa: E402
@@ -50,6 +61,7 @@ SWEEP_CFG = (1.0, 3.0, 5.0)
 METHODS = ("ode", "sde")
 STEPS = 20
 EDIT_CFG_IMG = (1.0, 1.5)
+CONTEXT_NOISE = (0.0, 0.2)
 SEED = 1
 
 _S32_T2I = {"size": 32, "task_mix": (("t2i", 1.0),)}
@@ -81,6 +93,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     "s32-t2i-clean-lr2-genpos-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
     # batch 64 was the best of the cluttered runs (s32-t2i-b64-30): fewer, less noisy updates
     "s32-t2i-clean-b64-30": (30, {**_S32_T2I_CLEAN, "batch_size": 64, "lr": 2e-3}),
+    # the loss of the 2D-position run still falls at 30 minutes: what do four times the updates buy?
+    "s32-t2i-clean-lr2-genpos-120": (120, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True}),
 }
 
 
@@ -137,6 +151,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
         "sweep_validation": sweep, "shapeeval_test": report["test"], "shapeeval_heldout": report["heldout"],
         "edit_accuracy": edits, "n": {"t2i": num, "sweep": num // 2, "edit": num // 2},
         "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")}, **losses,
+        **teacher_forced_scores(cfg.run_dir, num),
         "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
         "command": f"python benchmarks/nextstep1_quality.py --tokenizer {tokenizer} --runs {name} "
                    f"--threads {threads} -n {num}",
@@ -171,11 +186,22 @@ def heldout_loss(run_dir: Path, num: int = 64, *, shuffled: bool = False, repeat
     return sum(losses) / repeats
 
 
+def teacher_forced_scores(run_dir: Path, num: int = 64) -> dict:
+    """``teacher_forced_test``: context noise (str) -> ShapeEval summary of ``num`` test-split examples
+    teacher-forced (scenes with the run's own distractors)."""
+    pipeline = NextStep1Pipeline.from_run(run_dir)
+    data = load_run(run_dir).config.data
+    return {"teacher_forced_test": {
+        str(noise): teacher_forced(pipeline, "test", num, size=data.size, context_noise=noise,
+                                   max_distractors=data.max_distractors, seed=SEED)
+        for noise in CONTEXT_NOISE}}
+
+
 def summary() -> str:
     rows = ["| run | min | threads | steps | cfg / method | test (partial) | held-out (partial) "
             "| edit (cfg_img 1 / 1.5) | image loss | prompt gap (shuffled - own) "
-            "| test objects drawn / asked (empty) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| test objects drawn / asked (empty) | teacher-forced test (context noise 0 / 0.2) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in RUNS:
         path = RESULTS / f"quality-{name}.json"
         if not path.exists():
@@ -190,9 +216,14 @@ def summary() -> str:
             f"| {name} | {r['minutes']} | {r['threads']} | {r['steps']} "
             f"| {r['sampling']['cfg']} / {r['sampling']['method']} | {_score(r['shapeeval_test'])} "
             f"| {_score(r['shapeeval_heldout'])} | {edits} | {loss} | {gap} "
-            f"| {objects_drawn(r['shapeeval_test'])} |"
+            f"| {objects_drawn(r['shapeeval_test'])} | {_teacher_forced(r)} |"
         )
     return "\n".join(rows)
+
+
+def _teacher_forced(record: dict) -> str:
+    scores = record.get("teacher_forced_test")
+    return "" if scores is None else " / ".join(f"{scores[str(n)]['overall']:.3f}" for n in CONTEXT_NOISE)
 
 
 def _score(report: dict) -> str:
@@ -211,6 +242,9 @@ def main() -> None:
     parser.add_argument("--add-heldout-loss", action="store_true",
                         help="add the held-out image loss (own and shuffled prompts) of every recorded run "
                              "(in --work) to its record")
+    parser.add_argument("--add-teacher-forced", action="store_true",
+                        help="add the teacher-forced test ShapeEval of every recorded run (in --work) to its "
+                             "record")
     args = parser.parse_args()
     if args.runs and args.tokenizer is None:
         parser.error("--runs needs --tokenizer")
@@ -220,7 +254,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         amend_records({RESULTS / f"quality-{name}.json": args.work / name for name in RUNS},
                       lambda run_dir: {k: heldout_loss(run_dir, shuffled=v) for k, v in LOSS_KEYS.items()})
-    if args.summary or args.runs or args.add_heldout_loss:
+    if args.add_teacher_forced:
+        torch.set_num_threads(args.threads)
+        amend_records({RESULTS / f"quality-{name}.json": args.work / name for name in RUNS},
+                      lambda run_dir: teacher_forced_scores(run_dir, args.num))
+    if args.summary or args.runs or args.add_heldout_loss or args.add_teacher_forced:
         print(summary())
 
 
