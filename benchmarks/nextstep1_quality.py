@@ -74,6 +74,8 @@ RUNS: dict[str, tuple[float, dict]] = {
     # on scenes that hold only what their prompt names (by default up to two more objects of shapes the
     # prompt does not mention)
     "clean-30": (30, {"max_distractors": 0}),
+    # the default recipe with input noise (s32-t2i-clean-lr2-genpos-noise5-30 below: 0.236 from 0.000)
+    "noise5-30": (30, {"input_noise": 0.5}),
     # 32 px (--tokenizer out/tokenizer-ae-s32-4min/tokenizer, the same autoencoder trained at 32 px): 4x4 = 16
     # tokens an image, so a token that starts an object is a larger share of the loss the prompt can lower;
     # then text-to-image only
