@@ -221,15 +221,16 @@ class RowBuilder:
         h, w = encoded.grid
         text = [] if drop_text else self.text.encode(encoded.text)
         eos = [] if self.text.eos_id is None else [self.text.eos_id]
-        target = encoded.target if self.input_noise == 0 else self.noisy(encoded.target, index, epoch)
+        perturb = self.input_noise > 0
+        target = self.noisy(encoded.target, index, epoch) if perturb else encoded.target
         if encoded.task == "t2i" or (encoded.task == "edit" and drop_image):
             ids = text if encoded.task == "t2i" else []
             return Row(ids=tuple(ids + self.image_ids(h, w) + eos), images=(target,), loss=(True,),
-                       task=encoded.task, targets=None if self.input_noise == 0 else (encoded.target,))
+                       task=encoded.task, targets=(encoded.target,) if perturb else None)
         if encoded.task == "edit":
             ids = self.image_ids(h, w) + text + self.image_ids(h, w) + eos
             return Row(ids=tuple(ids), images=(encoded.source, target), loss=(False, True), task="edit",
-                       targets=None if self.input_noise == 0 else (encoded.source, encoded.target))
+                       targets=(encoded.source, encoded.target) if perturb else None)
         raise ValueError(f"no NextStep-1 row for task {encoded.task!r}; formatted tasks are {list(TASKS)}")
 
     # --- images ---------------------------------------------------------------------------------
