@@ -99,6 +99,11 @@ RUNS: dict[str, tuple[float, dict]] = {
     # halves it: train on inputs perturbed by sigma ~ U[0, 0.5] per token (targets clean)
     "s32-t2i-clean-lr2-genpos-noise5-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
                                                 "input_noise": 0.5}),
+    # ... with noise up to 1.0, and on scenes with distractors
+    "s32-t2i-clean-lr2-genpos-noise10-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
+                                                 "input_noise": 1.0}),
+    "s32-t2i-lr2-genpos-noise5-30": (30, {**_S32_T2I, "lr": 2e-3, "use_gen_pos_embed": True,
+                                          "input_noise": 0.5}),
     # ... and with twice the budget
     "s32-t2i-clean-lr2-genpos-noise5-60": (60, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
                                                 "input_noise": 0.5}),
