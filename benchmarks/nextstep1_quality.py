@@ -201,8 +201,8 @@ def heldout_loss(run_dir: Path, num: int = 64, *, shuffled: bool = False, repeat
 def teacher_forced_scores(run_dir: Path, num: int = 64) -> dict:
     """``teacher_forced_test``: context noise (str) -> ShapeEval summary of ``num`` test-split examples
     teacher-forced (scenes with the run's own distractors)."""
-    pipeline = NextStep1Pipeline.from_run(run_dir)
-    data = load_run(run_dir).config.data
+    run = load_run(run_dir)
+    pipeline, data = NextStep1Pipeline(run.model, run.text_tokenizer, run.image_tokenizer), run.config.data
     return {"teacher_forced_test": {
         str(noise): teacher_forced(pipeline, "test", num, size=data.size, context_noise=noise,
                                    max_distractors=data.max_distractors, seed=SEED)
