@@ -107,6 +107,12 @@ RUNS: dict[str, tuple[float, dict]] = {
     # ... and with twice the budget
     "s32-t2i-clean-lr2-genpos-noise5-60": (60, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
                                                 "input_noise": 0.5}),
+    # ... with noise up to 0.25, and with 6 layers instead of 4 (the free-running misses are layout:
+    # counts, relations, which colour goes where)
+    "s32-t2i-clean-lr2-genpos-noise25-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
+                                                 "input_noise": 0.25}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-30": (
+        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6}),
 }
 
 

@@ -14,7 +14,8 @@ tokens — next-token prediction for text, a flow-matching head for each 64-dim 
   (``text_to_image``, ``edit``, ``from_run``, ``from_official``); ``cli``: ``nx nextstep1``
 - ``data``: ShapeWorld records -> training rows (``RowBuilder`` -> ``NextStep1Batch``: t2i and edit in
   the official template, CFG text dropout, autoencoder latents); ``train``: ``train_nextstep1``
-  through the shared Trainer, ``nextstep1_training_tiny``, ``load_run`` -> ``NextStep1Run``
+  through the shared Trainer, ``nextstep1_training_tiny`` (``SHAPEWORLD_T2I``: its best recipe),
+  ``load_run`` -> ``NextStep1Run``
 """
 
 from nxrecipes.nextstep1.config import NextStep1Config, nextstep1_14b, nextstep1_tiny
@@ -31,6 +32,7 @@ from nxrecipes.nextstep1.official import OfficialNextStep1, config_from_official
 from nxrecipes.nextstep1.pipeline import NextStep1Pipeline
 from nxrecipes.nextstep1.prompt import PromptBatch, build_prompts, model_special_ids, token_grid
 from nxrecipes.nextstep1.train import (
+    SHAPEWORLD_T2I,
     NextStep1DataConfig,
     NextStep1Run,
     NextStep1TrainConfig,
@@ -41,6 +43,7 @@ from nxrecipes.nextstep1.train import (
 
 __all__ = [
     "NEXTSTEP1_SPECIALS",
+    "SHAPEWORLD_T2I",
     "FlowHeadConfig",
     "FlowMatchingHead",
     "ImageSampling",
