@@ -113,6 +113,9 @@ RUNS: dict[str, tuple[float, dict]] = {
                                                  "input_noise": 0.25}),
     "s32-t2i-clean-lr2-genpos-noise5-6layers-30": (
         30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6}),
+    # ... and 8 (6 layers: test 0.351 / held-out 0.146, about the 4-layer model's figure at 60 minutes)
+    "s32-t2i-clean-lr2-genpos-noise5-8layers-30": (
+        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 8}),
 }
 
 
