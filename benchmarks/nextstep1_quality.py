@@ -11,7 +11,9 @@ directory is ``--work/NAME`` (an existing one resumes), its record
 sample grid ``quality-NAME-samples.png``.
 
 Sampling. A sweep over text guidance ``SWEEP_CFG`` x head method ("ode", "sde"; timesteps "clean",
-``STEPS`` head steps, independent noise) scores ShapeEval on the *validation* split; the best setting
+``STEPS`` head steps, independent noise) scores ShapeEval on ``2 n`` prompts of the *validation* split
+(records before 2026-11-24 used ``n / 2``, a noisier choice; running such a finished run again
+re-evaluates it with the current protocol and keeps its training time); the best setting
 (by accuracy, then by partial credit; ties: the first) then samples the test and held-out reports
 and the edits (edits: text guidance against the empty row, plus ``EDIT_CFG_IMG`` image guidance
 when > 1). ``--threads`` defaults to 1.
@@ -141,7 +143,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
     sweep = []
     for m in METHODS:
         for g in SWEEP_CFG:
-            scores = shapeeval(pipeline, "validation", num // 2, size=size, sampling=sampling(g, m),
+            scores = shapeeval(pipeline, "validation", 2 * num, size=size, sampling=sampling(g, m),
                                seed=SEED)
             sweep.append({"cfg": g, "method": m, "validation": scores["overall"],
                           "validation_partial": scores["partial"]})
@@ -170,7 +172,7 @@ def run(name: str, tokenizer: Path, work: Path, threads: int, num: int) -> dict:
         "sampling": {"cfg": best["cfg"], "method": best["method"], "timesteps": "clean",
                      "num_sampling_steps": STEPS, "noise": "independent"},
         "sweep_validation": sweep, "shapeeval_test": report["test"], "shapeeval_heldout": report["heldout"],
-        "edit_accuracy": edits, "n": {"t2i": num, "sweep": num // 2, "edit": num // 2},
+        "edit_accuracy": edits, "n": {"t2i": num, "sweep": 2 * num, "edit": num // 2},
         "final_losses": {k: v for k, v in metrics[-1].items() if k.startswith("loss")}, **losses,
         **teacher_forced_scores(cfg.run_dir, num),
         "curves": [{k: v for k, v in m.items() if k == "step" or k.startswith("loss")} for m in metrics],
