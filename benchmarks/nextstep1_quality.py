@@ -118,6 +118,19 @@ RUNS: dict[str, tuple[float, dict]] = {
     # ... and 8 (6 layers: test 0.351 / held-out 0.146, about the 4-layer model's figure at 60 minutes)
     "s32-t2i-clean-lr2-genpos-noise5-8layers-30": (
         30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 8}),
+    # the 6-layer recipe again with another seed (how far apart two runs of one recipe land), and with
+    # 10x the text loss weight (0.1: does modelling the prompts bind colours to shapes sooner?)
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-seed1-30": (
+        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6,
+             "seed": 1}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-lm0.1-30": (
+        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6,
+             "lm_loss_weight": 0.1}),
+    # the 4- and 6-layer input-noise recipes at the 10-minute budget
+    "s32-t2i-clean-lr2-genpos-noise5-10": (10, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
+                                                "input_noise": 0.5}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-10": (
+        10, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6}),
 }
 
 
