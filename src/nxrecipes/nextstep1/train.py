@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -358,10 +359,10 @@ def train_nextstep1(cfg: NextStep1TrainConfig, *, text_tokenizer: TextTokenizer 
 # --- the tiny builder -------------------------------------------------------------------------
 
 
-SHAPEWORLD_T2I: dict[str, Any] = {
+SHAPEWORLD_T2I: Mapping[str, Any] = MappingProxyType({
     "size": 32, "task_mix": (("t2i", 1.0),), "max_distractors": 0, "lr": 2e-3, "use_gen_pos_embed": True,
     "input_noise": 0.5,
-}
+})
 """The best text-to-image recipe measured on ShapeWorld, as changes to ``nextstep1_training_tiny``
 (with an autoencoder trained at 32 px): 4x4 tokens an image, text-to-image only, scenes holding only
 what their prompt names, lr 2e-3, the 2D position of each image token added to its input, and input
