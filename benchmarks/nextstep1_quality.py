@@ -54,7 +54,12 @@ from nxrecipes.nextstep1.evaluate import (  # noqa: E402
 from nxrecipes.nextstep1.generate import ImageSampling  # noqa: E402
 from nxrecipes.nextstep1.head import FlowHeadConfig  # noqa: E402
 from nxrecipes.nextstep1.pipeline import NextStep1Pipeline  # noqa: E402
-from nxrecipes.nextstep1.train import load_run, nextstep1_training_tiny, train_nextstep1  # noqa: E402
+from nxrecipes.nextstep1.train import (  # noqa: E402
+    SHAPEWORLD_T2I,
+    load_run,
+    nextstep1_training_tiny,
+    train_nextstep1,
+)
 from nxrecipes.train.metrics import read_metrics  # noqa: E402
 from nxrecipes.train.plot import plot_run  # noqa: E402
 
@@ -68,6 +73,7 @@ SEED = 1
 
 _S32_T2I = {"size": 32, "task_mix": (("t2i", 1.0),)}
 _S32_T2I_CLEAN = {**_S32_T2I, "max_distractors": 0}
+_RECIPE = dict(SHAPEWORLD_T2I)
 RUNS: dict[str, tuple[float, dict]] = {
     # name: (minutes, changes to nextstep1_training_tiny)
     "smoke": (1.5, {}),
@@ -98,39 +104,29 @@ RUNS: dict[str, tuple[float, dict]] = {
     # batch 64 was the best of the cluttered runs (s32-t2i-b64-30): fewer, less noisy updates
     "s32-t2i-clean-b64-30": (30, {**_S32_T2I_CLEAN, "batch_size": 64, "lr": 2e-3}),
     # teacher-forced, that model's head redraws 0.83 of the test prompts, and noise of std 0.2 on the context
-    # halves it: train on inputs perturbed by sigma ~ U[0, 0.5] per token (targets clean)
-    "s32-t2i-clean-lr2-genpos-noise5-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
-                                                "input_noise": 0.5}),
+    # halves it: train on inputs perturbed by sigma ~ U[0, 0.5] per token (targets clean); this is
+    # SHAPEWORLD_T2I, the recipe make demo SYSTEM=nextstep1 trains
+    "s32-t2i-clean-lr2-genpos-noise5-30": (30, _RECIPE),
     # ... with noise up to 1.0, and on scenes with distractors
-    "s32-t2i-clean-lr2-genpos-noise10-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
-                                                 "input_noise": 1.0}),
+    "s32-t2i-clean-lr2-genpos-noise10-30": (30, {**_RECIPE, "input_noise": 1.0}),
     "s32-t2i-lr2-genpos-noise5-30": (30, {**_S32_T2I, "lr": 2e-3, "use_gen_pos_embed": True,
                                           "input_noise": 0.5}),
     # ... and with twice the budget
-    "s32-t2i-clean-lr2-genpos-noise5-60": (60, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
-                                                "input_noise": 0.5}),
+    "s32-t2i-clean-lr2-genpos-noise5-60": (60, _RECIPE),
     # ... with noise up to 0.25, and with 6 layers instead of 4 (the free-running misses are layout:
     # counts, relations, which colour goes where)
-    "s32-t2i-clean-lr2-genpos-noise25-30": (30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
-                                                 "input_noise": 0.25}),
-    "s32-t2i-clean-lr2-genpos-noise5-6layers-30": (
-        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6}),
+    "s32-t2i-clean-lr2-genpos-noise25-30": (30, {**_RECIPE, "input_noise": 0.25}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-30": (30, {**_RECIPE, "num_layers": 6}),
     # ... and 8 (6 layers: test 0.351 / held-out 0.146, about the 4-layer model's figure at 60 minutes)
-    "s32-t2i-clean-lr2-genpos-noise5-8layers-30": (
-        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 8}),
+    "s32-t2i-clean-lr2-genpos-noise5-8layers-30": (30, {**_RECIPE, "num_layers": 8}),
     # the 6-layer recipe again with another seed (how far apart two runs of one recipe land), and with
     # 10x the text loss weight (0.1: does modelling the prompts bind colours to shapes sooner?)
-    "s32-t2i-clean-lr2-genpos-noise5-6layers-seed1-30": (
-        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6,
-             "seed": 1}),
-    "s32-t2i-clean-lr2-genpos-noise5-6layers-lm0.1-30": (
-        30, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6,
-             "lm_loss_weight": 0.1}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-seed1-30": (30, {**_RECIPE, "num_layers": 6, "seed": 1}),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-lm0.1-30": (30, {**_RECIPE, "num_layers": 6,
+                                                              "lm_loss_weight": 0.1}),
     # the 4- and 6-layer input-noise recipes at the 10-minute budget
-    "s32-t2i-clean-lr2-genpos-noise5-10": (10, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True,
-                                                "input_noise": 0.5}),
-    "s32-t2i-clean-lr2-genpos-noise5-6layers-10": (
-        10, {**_S32_T2I_CLEAN, "lr": 2e-3, "use_gen_pos_embed": True, "input_noise": 0.5, "num_layers": 6}),
+    "s32-t2i-clean-lr2-genpos-noise5-10": (10, _RECIPE),
+    "s32-t2i-clean-lr2-genpos-noise5-6layers-10": (10, {**_RECIPE, "num_layers": 6}),
 }
 
 
